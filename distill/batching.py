@@ -1,0 +1,78 @@
+"""Tokenization with dynamic padding, and batches grouped by length."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader, Sampler
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_len: int) -> Dataset:
+    """Adds input_ids/attention_mask/token_type_ids/labels/length; nothing is padded here."""
+    has_pair = "text_pair" in dataset.column_names
+
+    def encode(batch: dict) -> dict:
+        pair = batch["text_pair"] if has_pair else None
+        enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_len)
+        enc["length"] = [len(ids) for ids in enc["input_ids"]]
+        if "label" in batch:
+            enc["labels"] = batch["label"]
+        return enc
+
+    return dataset.map(encode, batched=True, desc="tokenize", load_from_cache_file=False)
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of similar length. Training: shuffled within mega-batches, then batches shuffled;
+    evaluation: sorted by length. Order depends only on (seed, epoch), so a resumed run sees the
+    same batches and can skip the ones it already trained on."""
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, mega: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.mega = mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        if not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable")
+            return [order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool,
+                seed: int = 0, num_workers: int = 0, collator=None) -> DataLoader:
+    """DataLoader over a tokenized dataset; pads each batch to its own longest sequence."""
+    keep = [c for c in dataset.column_names if c in MODEL_COLUMNS or c in ("special_tokens_mask",)]
+    data = dataset.with_format("torch", columns=keep)
+    sampler = LengthGroupedBatchSampler(dataset["length"], batch_size, shuffle, seed)
+    collator = collator or DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+    return DataLoader(data, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
+
+
+def to_model_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,0 +1,381 @@
+"""Typed configuration: every knob, its default and why, in one place.
+
+An experiment is a YAML file whose keys mirror these dataclasses; command-line overrides use
+``key.sub=value``. Unknown keys, wrong types and impossible values raise ``ConfigError`` naming the
+key, before any weight is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type or an impossible value."""
+
+
+@dataclass
+class TrainConfig:
+    """One optimisation run; every stage (teacher fine-tuning, distillation, recovery) uses it."""
+
+    epochs: float = 1.0  # passes over the training data (fractions allowed); max_steps wins if > 0
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = use epochs
+    batch_size: int = 32  # examples per forward pass (per device)
+    grad_accum: int = 1  # forward passes per optimizer step: effective batch = batch_size * grad_accum
+    lr: float = 5e-5  # peak AdamW learning rate, reached after warmup
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not applied to biases and LayerNorm)
+    warmup_ratio: float = 0.1  # fraction of steps with linear warmup, then linear decay to 0
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
+    eval_every: int = 0  # evaluate every N optimizer steps; 0 = only at the end
+    save_every: int = 100  # write a resumable checkpoint every N optimizer steps
+    log_every: int = 10  # append metrics.jsonl / wandb every N optimizer steps
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
+
+    def validate(self, prefix: str) -> None:
+        _check(self.epochs > 0 or self.max_steps > 0, f"{prefix}.epochs", "must be > 0 (or set max_steps)")
+        _check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, f"{prefix}.grad_accum", "must be >= 1")
+        _check(0 < self.lr < 1, f"{prefix}.lr", "must be in (0, 1)")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, f"{prefix}.warmup_ratio", "must be in [0, 1)")
+        _check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", "must be >= 0")
+        for name in ("eval_every", "save_every", "log_every"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+
+
+@dataclass
+class TaskConfig:
+    """The labelled task: embedded, a GLUE name, or a local folder/file."""
+
+    name: str = "rotten_tomatoes"  # rotten_tomatoes (embedded) | glue/<task> | path to CSV/TSV/JSONL file or folder
+    max_len: int = 128  # tokens per example after truncation
+    max_train_examples: int = 0  # cap the training split (quick runs); 0 = all
+    max_eval_examples: int = 0  # cap dev and test splits; 0 = all
+    data_dir: str = ""  # glue/<task> only: a local folder with the hub's train.*/validation.* files
+
+    def validate(self, prefix: str) -> None:
+        _check(bool(self.name), f"{prefix}.name", "must not be empty")
+        _check(8 <= self.max_len <= 512, f"{prefix}.max_len", "must be in [8, 512] (BERT positions)")
+        _check(self.max_train_examples >= 0, f"{prefix}.max_train_examples", "must be >= 0")
+        _check(self.max_eval_examples >= 0, f"{prefix}.max_eval_examples", "must be >= 0")
+
+
+@dataclass
+class TeacherConfig:
+    """The large model that is distilled; fine-tuned on the task first unless it already is."""
+
+    name: str = "bert-large-uncased"  # hub name | local folder | minilm-l6 (embedded all-MiniLM-L6-v2)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=2e-5))
+    already_finetuned: bool = False  # the folder is already fine-tuned on this task: skip fine-tuning
+
+    def validate(self, prefix: str) -> None:
+        _check(bool(self.name), f"{prefix}.name", "must not be empty")
+        self.finetune.validate(f"{prefix}.finetune")
+
+
+@dataclass
+class StudentConfig:
+    """The small model: a preset or a custom shape, and how its weights start."""
+
+    preset: str = "tinybert-4l-312"  # tinybert-4l-312 | tinybert-6l-768 | distilbert-6l-768 | custom
+    layers: int = 0  # overrides the preset when > 0
+    hidden: int = 0  # overrides the preset when > 0
+    heads: int = 0  # overrides the preset when > 0
+    ffn: int = 0  # overrides the preset when > 0
+    init: str = "random"  # random | teacher (copy teacher layers; same hidden width) | path to a student folder
+    init_layers: str = "uniform"  # teacher layers to copy for init=teacher: uniform | first | last | explicit
+    init_layer_list: list[int] = field(default_factory=list)  # 0-based teacher layers for init_layers=explicit
+
+    def validate(self, prefix: str) -> None:
+        from students.presets import PRESETS  # local: students imports config
+
+        _check(self.preset in PRESETS or self.preset == "custom", f"{prefix}.preset",
+               f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS) + ['custom']}")
+        if self.preset == "custom":
+            for name in ("layers", "hidden", "heads", "ffn"):
+                _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be > 0 for preset=custom")
+        for name in ("layers", "hidden", "heads", "ffn"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        _check(self.init_layers in ("uniform", "first", "last", "explicit"), f"{prefix}.init_layers",
+               "must be uniform, first, last or explicit")
+        if self.init_layers == "explicit":
+            _check(bool(self.init_layer_list), f"{prefix}.init_layer_list", "must list teacher layers for init_layers=explicit")
+
+
+@dataclass
+class GeneralStageConfig:
+    """Stage 1: general distillation on unlabeled text (TinyBERT) or the DistilBERT triple loss."""
+
+    enabled: bool = True  # false: the student goes straight to task distillation
+    corpus: str = "wiki"  # wiki (embedded gensim excerpt) | text file or folder | datasets name
+    max_len: int = 128  # tokens per sequence cut from the corpus
+    max_sequences: int = 0  # cap the number of sequences; 0 = all
+    teacher: str = ""  # teacher for this stage; "" = the pretrained teacher (before task fine-tuning)
+    losses: dict[str, float] = field(
+        default_factory=lambda: {"embedding_mse": 1.0, "attention_scores_mse": 1.0, "hidden_mse": 1.0})
+    layer_map: str = "uniform"  # uniform | last | explicit: which teacher layer each student layer learns from
+    layer_map_list: list[int] = field(default_factory=list)  # 1-based teacher layer per student layer (explicit)
+    mlm_probability: float = 0.15  # masking rate for the MLM terms (only with an MLM teacher head)
+    temperature: float = 2.0  # softmax temperature of the soft cross-entropy on MLM logits
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=1e-4, batch_size=32))
+
+    def validate(self, prefix: str) -> None:
+        _check(8 <= self.max_len <= 512, f"{prefix}.max_len", "must be in [8, 512]")
+        _check(self.max_sequences >= 0, f"{prefix}.max_sequences", "must be >= 0")
+        _check(0 < self.mlm_probability < 1, f"{prefix}.mlm_probability", "must be in (0, 1)")
+        _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        _check_layer_map(self.layer_map, self.layer_map_list, prefix)
+        _check_losses(self.losses, f"{prefix}.losses")
+        self.train.validate(f"{prefix}.train")
+
+
+@dataclass
+class AugmentConfig:
+    """TinyBERT data augmentation: words replaced by candidates, N copies per example, cached on disk."""
+
+    enabled: bool = False  # augment the training split of stage 2a
+    method: Literal["embedding", "mlm"] = "embedding"  # embedding: nearest whole words in the teacher's input embeddings
+    mlm_model: str = ""  # MLM model for method=mlm; "" = the teacher's own MLM head
+    copies: int = 4  # augmented copies per training example (TinyBERT used 20)
+    replace_prob: float = 0.4  # probability of replacing each word (TinyBERT p_t)
+    top_k: int = 15  # candidates per word (TinyBERT K)
+    batch_size: int = 64  # sentences per MLM forward pass
+
+    def validate(self, prefix: str) -> None:
+        _check(self.copies >= 1, f"{prefix}.copies", "must be >= 1")
+        _check(0 < self.replace_prob <= 1, f"{prefix}.replace_prob", "must be in (0, 1]")
+        _check(self.top_k >= 1, f"{prefix}.top_k", "must be >= 1")
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
+
+
+@dataclass
+class TaskStageConfig:
+    """Stage 2: task distillation; 2a intermediate layers, then 2b the prediction layer."""
+
+    enabled: bool = True
+    layer_map: str = "uniform"  # uniform | last | explicit
+    layer_map_list: list[int] = field(default_factory=list)  # 1-based teacher layer per student layer (explicit)
+    intermediate_losses: dict[str, float] = field(
+        default_factory=lambda: {"embedding_mse": 1.0, "attention_scores_mse": 1.0, "hidden_mse": 1.0})
+    intermediate: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10.0, lr=5e-5))
+    prediction_losses: dict[str, float] = field(default_factory=lambda: {"soft_ce": 1.0, "hard_ce": 0.0})
+    prediction: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=3e-5))
+    temperature: float = 1.0  # softmax temperature of the soft cross-entropy (TinyBERT used 1)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self, prefix: str) -> None:
+        _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        _check_layer_map(self.layer_map, self.layer_map_list, prefix)
+        _check_losses(self.intermediate_losses, f"{prefix}.intermediate_losses")
+        _check_losses(self.prediction_losses, f"{prefix}.prediction_losses")
+        self.intermediate.validate(f"{prefix}.intermediate")
+        self.prediction.validate(f"{prefix}.prediction")
+        self.augment.validate(f"{prefix}.augment")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: what to distil into what, and where the run lands."""
+
+    name: str = "default"  # runs land in <output_dir>/<name>/<run_id>/
+    run_id: str = "default"  # same run_id: finished stages are reused and killed ones resume
+    output_dir: str = "runs"
+    seed: int = 42
+    wandb_project: str = "bert-distill"  # offline unless you are logged in (wandb login)
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online only if logged in
+    num_workers: int = 0  # DataLoader worker processes
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    general: GeneralStageConfig = field(default_factory=GeneralStageConfig)
+    task_distill: TaskStageConfig = field(default_factory=TaskStageConfig)
+
+    def validate(self) -> None:
+        for name in ("name", "run_id"):
+            value = getattr(self, name)
+            _check(bool(value) and "/" not in value and value not in (".", ".."), name,
+                   "must be a non-empty folder name without '/'")
+        _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        self.teacher.validate("teacher")
+        self.task.validate("task")
+        self.student.validate("student")
+        self.general.validate("general")
+        self.task_distill.validate("task_distill")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / self.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# checks shared by several sections
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_layer_map(strategy: str, explicit: list[int], prefix: str) -> None:
+    _check(strategy in ("uniform", "last", "explicit"), f"{prefix}.layer_map", "must be uniform, last or explicit")
+    if strategy == "explicit":
+        _check(bool(explicit), f"{prefix}.layer_map_list", "must give one teacher layer per student layer")
+
+
+def _check_losses(losses: dict[str, float], key: str) -> None:
+    from distill.losses import LOSSES  # local: losses imports torch
+
+    for name, weight in losses.items():
+        _check(name in LOSSES, f"{key}.{name}", f"unknown loss; choose from {sorted(LOSSES)}")
+        _check(weight >= 0, f"{key}.{name}", "weight must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# building dataclasses from YAML dicts and overrides, with type checks
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of sub-keys, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"config key '{key}': union types are not supported")  # not used by any field
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, key): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = [n for n in names if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {names}"
+            raise ConfigError(f"config key '{full}': unknown key{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    # nested dataclasses given partially keep their own defaults for the rest
+    obj = cls()
+    for key, value in kwargs.items():
+        if dataclasses.is_dataclass(value):
+            value = _merge(getattr(obj, key), value, data[key])
+        setattr(obj, key, value)
+    return obj
+
+
+def _merge(default: Any, given: Any, raw: dict) -> Any:
+    """Overlay the keys present in ``raw`` onto ``default`` (which may carry non-standard defaults)."""
+    for key in raw:
+        value = getattr(given, key)
+        if dataclasses.is_dataclass(value):
+            value = _merge(getattr(default, key), value, raw[key])
+        setattr(default, key, value)
+    return default
+
+
+def _parse_override(text: str, cls: type) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. teacher.finetune.lr=3e-5")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    tp: Any = cls
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(tp):
+            if typing.get_origin(tp) is dict:  # e.g. task_distill.prediction_losses.hard_ce=0.5
+                tp = typing.get_args(tp)[1]
+                continue
+            raise ConfigError(f"config key '{'.'.join(path[:i + 1])}': '{'.'.join(path[:i])}' has no sub-keys")
+        hints = _field_types(tp)
+        if part not in hints:
+            raise ConfigError(f"config key '{'.'.join(path[:i + 1])}': unknown key; valid keys: {list(hints)}")
+        tp = hints[part]
+    if tp is str:
+        return path, raw
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config key '{key}': cannot parse value {raw!r}: {err}") from None
+    return path, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read an experiment YAML (or the defaults), apply ``key.sub=value`` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"experiment file {str(path)!r} does not exist; see experiments/ for examples")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"experiment file {str(path)!r}: top level must be a mapping of keys")
+        data = loaded or {}
+    for text in overrides:
+        keys, value = _parse_override(text, ExperimentConfig)
+        node = data
+        for part in keys[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{text.split('=')[0]}': parent is not a mapping")
+        node[keys[-1]] = value
+    cfg = _build(ExperimentConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

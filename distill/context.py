@@ -1,0 +1,69 @@
+"""What every stage of a run shares: the config, the task data, the tokenizer, trackers, saving."""
+from __future__ import annotations
+
+import shutil
+from functools import cached_property
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from distill.batching import make_loader, tokenize
+from distill.config import ExperimentConfig, save_config, to_dict
+from distill.data import TaskData, load_task
+from distill.tracking import Tracker
+
+
+class RunContext:
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+
+    @cached_property
+    def data(self) -> TaskData:
+        return load_task(self.cfg.task)
+
+    @cached_property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        from teachers.load import load_tokenizer
+
+        return load_tokenizer(self.cfg.teacher.name)
+
+    @cached_property
+    def tokenized(self) -> dict:
+        """train/dev/test tokenized with the teacher's tokenizer (students share its vocabulary)."""
+        return {split: tokenize(getattr(self.data, split), self.tokenizer, self.cfg.task.max_len)
+                for split in ("train", "dev", "test")}
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, dataset=None):
+        return make_loader(dataset if dataset is not None else self.tokenized[split], self.tokenizer, batch_size,
+                           shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers)
+
+    def tracker(self, stage_dir: Path, stage: str) -> Tracker:
+        return Tracker(stage_dir, stage, config=to_dict(self.cfg), project=self.cfg.wandb_project,
+                       group=f"{self.cfg.name}-{self.cfg.run_id}", mode=self.cfg.wandb_mode, run_dir=self.run_dir)
+
+    def saver(self, tokenizer: PreTrainedTokenizerBase | None = None):
+        """save_model(trainable, folder) for the trainer: a Hugging Face folder, replaced atomically."""
+        tokenizer = tokenizer or self.tokenizer
+
+        def save(trainable: nn.Module, folder: Path) -> None:
+            model = getattr(trainable, "student", trainable)  # distillation wraps student + projections
+            save_hf_folder(model, tokenizer, folder)
+        return save
+
+
+def save_hf_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)

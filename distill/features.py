@@ -1,0 +1,94 @@
+"""What distillation compares: embeddings, hidden states, attention queries/keys/values, logits.
+
+Queries, keys and values are taken with forward hooks on each self-attention block's projections,
+so attention scores are available before the softmax (TinyBERT) whatever attention kernel runs, and
+pruned layers with their own head counts work unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerAttention:
+    query: torch.Tensor  # (batch, seq, heads * head_dim)
+    key: torch.Tensor  # (batch, seq, heads * head_dim)
+    value: torch.Tensor  # (batch, seq, heads * head_dim)
+    heads: int
+
+    def split(self, x: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+        heads = heads or self.heads
+        b, s, d = x.shape
+        return x.view(b, s, heads, d // heads).transpose(1, 2)  # (batch, heads, seq, head_dim)
+
+    def scores(self) -> torch.Tensor:
+        """Pre-softmax attention scores, no mask applied: (batch, heads, seq, seq)."""
+        q, k = self.split(self.query), self.split(self.key)
+        return q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+
+
+@dataclass
+class Features:
+    hidden: tuple[torch.Tensor, ...]  # embeddings output + one per layer, each (batch, seq, hidden)
+    attention: list[LayerAttention] = field(default_factory=list)  # one per layer when tapped
+    logits: torch.Tensor | None = None  # (batch, labels) or MLM (batch, seq, vocab)
+
+
+def attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules (with query/key/value projections), in layer order."""
+    blocks = [m for _, m in model.named_modules()
+              if all(isinstance(getattr(m, n, None), nn.Linear) for n in ("query", "key", "value"))]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no BERT-style self-attention (query/key/value) modules")
+    return blocks
+
+
+def num_heads(block: nn.Module) -> int:
+    for name in ("num_attention_heads", "num_heads"):
+        if hasattr(block, name):
+            return int(getattr(block, name))
+    return int(block.config.num_attention_heads)
+
+
+class FeatureTap:
+    """Runs a model and returns its Features; hooks record q/k/v when ``attention`` is True."""
+
+    def __init__(self, model: nn.Module, attention: bool):
+        self.model = model
+        self.attention = attention
+        self._store: dict[tuple[int, str], torch.Tensor] = {}
+        self._handles = []
+        self.blocks = attention_blocks(model)
+        if attention:
+            for i, block in enumerate(self.blocks):
+                for name in ("query", "key", "value"):
+                    self._handles.append(getattr(block, name).register_forward_hook(self._hook(i, name)))
+
+    def _hook(self, layer: int, name: str):
+        def record(_module, _inputs, output):
+            self._store[(layer, name)] = output
+        return record
+
+    def __call__(self, inputs: dict[str, torch.Tensor], runner: nn.Module | None = None) -> Features:
+        """``runner`` (e.g. a DDP-wrapped module around the model) is called instead of the model."""
+        self._store.clear()
+        if runner is not None:
+            out = runner(**inputs)
+        else:
+            out = self.model(**inputs, output_hidden_states=True, return_dict=True)
+        attention = []
+        if self.attention:
+            attention = [LayerAttention(self._store[(i, "query")], self._store[(i, "key")],
+                                        self._store[(i, "value")], num_heads(block))
+                         for i, block in enumerate(self.blocks)]
+            self._store.clear()
+        hidden = out.hidden_states
+        return Features(hidden=tuple(hidden), attention=attention, logits=getattr(out, "logits", None))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

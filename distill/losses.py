@@ -1,0 +1,142 @@
+"""Distillation losses: pure functions ``(student, teacher, mask) -> scalar`` found by name in LOSSES.
+
+Shapes: b = batch, s = sequence, d = width, H = heads, R = relation heads, C = classes/vocab.
+``mask`` is the attention mask (b, s) with 1 for real tokens; padded positions never contribute.
+All losses are computed in float32 whatever precision the models run in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+NEG = -1e4  # additive bias for padded keys: exp() underflows to 0 yet log-probs stay finite
+
+
+def _valid(mask: torch.Tensor) -> torch.Tensor:
+    return mask.to(torch.float32)
+
+
+def token_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real tokens and all d features. student/teacher: (b, s, d); mask (b, s).
+    TinyBERT's embedding-layer and hidden-state losses (after projecting the student to d_teacher)."""
+    m = _valid(mask).unsqueeze(-1)  # (b, s, 1)
+    diff = (student.float() - teacher.float()) ** 2 * m
+    return diff.sum() / (m.sum() * student.shape[-1]).clamp_min(1.0)
+
+
+def token_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """DistilBERT's cosine loss: mean over real tokens of 1 - cos(student, teacher). (b, s, d)."""
+    m = _valid(mask)
+    cos = F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # (b, s)
+    return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
+
+
+def attention_scores_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """TinyBERT attention loss: MSE of pre-softmax scores (b, H, s, s) over heads and the
+    (query, key) pairs where both tokens are real. Needs the same number of heads."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"attention_scores_mse needs equal shapes (same head count), got "
+                         f"student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}; use attention_kl")
+    m = _valid(mask)
+    pairs = (m[:, None, :, None] * m[:, None, None, :]).expand_as(student)  # (b, H, s, s)
+    diff = (student.float() - teacher.float()) ** 2 * pairs
+    return diff.sum() / pairs.sum().clamp_min(1.0)
+
+
+def _relation_log_probs(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """log softmax(x_r y_r^T / sqrt(d_r)) over real keys, x and y (b, s, D) split into ``heads``: (b, R, s, s)."""
+    b, s, d = x.shape
+    if d % heads:
+        raise ValueError(f"width {d} is not divisible by {heads} relation heads")
+    xr = x.float().view(b, s, heads, d // heads).transpose(1, 2)  # (b, R, s, d_r)
+    yr = y.float().view(b, s, heads, d // heads).transpose(1, 2)  # (b, R, s, d_r)
+    logits = xr @ yr.transpose(-1, -2) / (d // heads) ** 0.5  # (b, R, s, s)
+    logits = logits + (1.0 - _valid(mask))[:, None, None, :] * NEG
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _relation_kl(student_log: torch.Tensor, teacher_log: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per query row over keys, averaged over relation heads and real queries."""
+    kl = (teacher_log.exp() * (teacher_log - student_log)).sum(-1)  # (b, R, s)
+    m = _valid(mask)[:, None, :].expand_as(kl)
+    return (kl * m).sum() / m.sum().clamp_min(1.0)
+
+
+def attention_kl(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
+                 mask: torch.Tensor, relation_heads: int = 12) -> torch.Tensor:
+    """MiniLM attention-distribution KL, with MiniLMv2 relation heads so head counts may differ.
+    student/teacher: (queries, keys), each (b, s, H*d_head). With relation_heads equal to both models'
+    head count this is exactly the KL between their attention probabilities."""
+    s_log = _relation_log_probs(student[0], student[1], mask, relation_heads)
+    t_log = _relation_log_probs(teacher[0], teacher[1], mask, relation_heads)
+    return _relation_kl(s_log, t_log, mask)
+
+
+def value_relation_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                      relation_heads: int = 12) -> torch.Tensor:
+    """MiniLM value-relation KL: softmax(V_r V_r^T / sqrt(d_r)) of student vs teacher. (b, s, H*d_head)."""
+    s_log = _relation_log_probs(student, student, mask, relation_heads)
+    t_log = _relation_log_probs(teacher, teacher, mask, relation_heads)
+    return _relation_kl(s_log, t_log, mask)
+
+
+def soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
+            temperature: float = 1.0) -> torch.Tensor:
+    """Soft cross-entropy -sum softmax(t/T) log softmax(s/T), averaged over examples (b, C) or over
+    real tokens (b, s, C) when ``mask`` is given. TinyBERT's prediction-layer loss; not scaled by T^2
+    (scale it through the loss weight if you want Hinton's convention)."""
+    t = torch.softmax(teacher.float() / temperature, dim=-1)
+    ce = -(t * torch.log_softmax(student.float() / temperature, dim=-1)).sum(-1)  # (b,) or (b, s)
+    if mask is None or ce.dim() == 1:
+        return ce.mean()
+    m = _valid(mask)
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+
+def logits_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between logits (b, C): the prediction-layer loss for regression tasks."""
+    return F.mse_loss(student.float(), teacher.float())
+
+
+def hard_ce(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of student logits (b, C) against gold class ids (b,)."""
+    return F.cross_entropy(student.float(), labels.long())
+
+
+def hard_mse(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of a regression student's output (b, 1) against gold scores (b,)."""
+    return F.mse_loss(student.float().view(-1), labels.float().view(-1))
+
+
+def mlm(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Masked-language-model cross-entropy: student logits (b, s, V), labels (b, s) with -100 = ignore."""
+    return F.cross_entropy(student.float().reshape(-1, student.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    fn: Callable[..., torch.Tensor]
+    feature: str  # hidden | scores | query_key | value | logits | labels | mlm_logits | mlm_labels
+    scope: str  # embedding | layers | last | output
+    projectable: bool = False  # a learnable student->teacher projection is added when widths differ
+    doc: str = ""
+
+
+LOSSES: dict[str, LossSpec] = {
+    "embedding_mse": LossSpec(token_mse, "hidden", "embedding", True, "TinyBERT embedding-layer MSE"),
+    "hidden_mse": LossSpec(token_mse, "hidden", "layers", True, "TinyBERT hidden-state MSE per mapped layer"),
+    "hidden_cosine": LossSpec(token_cosine, "hidden", "last", True, "DistilBERT cosine on the last hidden state"),
+    "attention_scores_mse": LossSpec(attention_scores_mse, "scores", "layers", False,
+                                     "TinyBERT MSE on pre-softmax attention scores"),
+    "attention_kl": LossSpec(attention_kl, "query_key", "layers", False, "MiniLM attention KL (relation heads)"),
+    "value_relation_kl": LossSpec(value_relation_kl, "value", "layers", False, "MiniLM value-relation KL"),
+    "soft_ce": LossSpec(soft_ce, "logits", "output", False, "soft cross-entropy at temperature T"),
+    "logits_mse": LossSpec(logits_mse, "logits", "output", False, "MSE on logits (regression)"),
+    "hard_ce": LossSpec(hard_ce, "labels", "output", False, "cross-entropy with gold labels"),
+    "hard_mse": LossSpec(hard_mse, "labels", "output", False, "MSE with gold scores (regression)"),
+    "mlm_soft_ce": LossSpec(soft_ce, "mlm_logits", "output", False, "DistilBERT soft CE on MLM logits"),
+    "mlm": LossSpec(mlm, "mlm_labels", "output", False, "masked-language-model loss"),
+}

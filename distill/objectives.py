@@ -1,0 +1,173 @@
+"""Objectives handed to the training loop: plain fine-tuning, and distillation driven by a layer map."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from distill.batching import to_model_inputs
+from distill.features import FeatureTap, attention_blocks, num_heads
+from distill.layer_map import LayerMapError, Match
+from distill.losses import LOSSES
+
+ATTENTION_FEATURES = ("scores", "query_key", "value")
+
+
+class FineTuneObjective:
+    """Supervised fine-tuning with the model's own loss (cross-entropy, or MSE for regression)."""
+
+    def __init__(self, model: nn.Module):
+        self.trainable = model
+
+    def to(self, device: torch.device) -> "FineTuneObjective":
+        self.trainable.to(device)
+        return self
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.trainable(**to_model_inputs(batch), labels=batch["labels"])
+        return out.loss, {"task_loss": float(out.loss.detach())}
+
+
+class StudentWithProjections(nn.Module):
+    """What the optimiser updates in distillation: the student and the student->teacher projections
+    (the projections are trained with the student but never saved into its weights)."""
+
+    def __init__(self, student: nn.Module, projections: nn.ModuleDict):
+        super().__init__()
+        self.student = student
+        self.projections = projections
+
+    def forward(self, **inputs):
+        return self.student(**inputs, output_hidden_states=True, return_dict=True)
+
+
+def _widths(model: nn.Module) -> tuple[int, int, list[int]]:
+    """(hidden width, number of layers, heads per layer)."""
+    blocks = attention_blocks(model)
+    return model.config.hidden_size, len(blocks), [num_heads(b) for b in blocks]
+
+
+def relation_heads(student_width: int, teacher_width: int, teacher_heads: int) -> int:
+    """Relation heads for attention/value KL: the teacher's head count when both widths allow it."""
+    for r in range(teacher_heads, 0, -1):
+        if student_width % r == 0 and teacher_width % r == 0:
+            return r
+    return 1
+
+
+def _attention_width(tap: FeatureTap, layer: int) -> int:
+    return tap.blocks[layer].query.out_features
+
+
+class DistillObjective:
+    """Teacher (eval, no grad) and student run on the same batch; each Match adds weight * loss."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, matches: list[Match], temperature: float = 1.0):
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.matches = matches
+        self.temperature = temperature
+        s_width, s_layers, s_heads = _widths(student)
+        t_width, t_layers, t_heads = _widths(teacher)
+        self._check(matches, s_layers, t_layers, s_heads, t_heads, student, teacher)
+        projections = nn.ModuleDict()
+        if s_width != t_width:
+            for m in matches:
+                if LOSSES[m.loss].projectable:
+                    key = "embedding" if m.student_layer == 0 else "hidden"
+                    if key not in projections:
+                        projections[key] = nn.Linear(s_width, t_width)
+        self.projections = projections
+        self.trainable = StudentWithProjections(student, projections)
+        need_attention = any(LOSSES[m.loss].feature in ATTENTION_FEATURES for m in matches)
+        self.student_tap = FeatureTap(student, attention=need_attention)
+        self.teacher_tap = FeatureTap(teacher, attention=need_attention)
+        self.relation_heads = {}
+        for m in matches:
+            if LOSSES[m.loss].feature in ("query_key", "value"):
+                self.relation_heads[m] = relation_heads(_attention_width(self.student_tap, m.student_layer - 1),
+                                                        _attention_width(self.teacher_tap, m.teacher_layer - 1),
+                                                        t_heads[m.teacher_layer - 1])
+
+    @staticmethod
+    def _check(matches, s_layers, t_layers, s_heads, t_heads, student, teacher) -> None:
+        """Every match must be computable on these two models, before any step runs."""
+        for m in matches:
+            if m.student_layer > s_layers or m.teacher_layer > t_layers:
+                raise LayerMapError(f"{m.loss}: student layer {m.student_layer} / teacher layer {m.teacher_layer} "
+                                    f"out of range (student has {s_layers}, teacher {t_layers})")
+            spec = LOSSES[m.loss]
+            if spec.feature == "scores" and s_heads[m.student_layer - 1] != t_heads[m.teacher_layer - 1]:
+                raise LayerMapError(
+                    f"attention_scores_mse: student layer {m.student_layer} has {s_heads[m.student_layer - 1]} heads, "
+                    f"teacher layer {m.teacher_layer} has {t_heads[m.teacher_layer - 1]}; use attention_kl, which "
+                    "works across head counts")
+            if spec.feature in ("logits", "mlm_logits"):
+                s_out = _output_size(student)
+                t_out = _output_size(teacher)
+                if s_out is None or t_out is None or s_out != t_out:
+                    raise LayerMapError(f"{m.loss}: student outputs {s_out} and teacher outputs {t_out} must match "
+                                        "(does the teacher have a task or MLM head?)")
+
+    def to(self, device: torch.device) -> "DistillObjective":
+        self.teacher.to(device)
+        self.trainable.to(device)
+        return self
+
+    def _pair(self, m: Match, s, t, batch: dict[str, torch.Tensor]):
+        feature = LOSSES[m.loss].feature
+        if feature == "hidden":
+            student = s.hidden[m.student_layer]
+            if self.projections:
+                key = "embedding" if m.student_layer == 0 else "hidden"
+                if key in self.projections:
+                    student = self.projections[key](student)
+            return student, t.hidden[m.teacher_layer]
+        if feature == "scores":
+            return s.attention[m.student_layer - 1].scores(), t.attention[m.teacher_layer - 1].scores()
+        if feature == "query_key":
+            sa, ta = s.attention[m.student_layer - 1], t.attention[m.teacher_layer - 1]
+            return (sa.query, sa.key), (ta.query, ta.key)
+        if feature == "value":
+            return s.attention[m.student_layer - 1].value, t.attention[m.teacher_layer - 1].value
+        if feature in ("logits", "mlm_logits"):
+            return s.logits, t.logits
+        if feature == "labels":
+            return s.logits, batch["labels"]
+        if feature == "mlm_labels":
+            return s.logits, batch["mlm_labels"]
+        raise ValueError(f"unknown feature {feature!r}")
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = to_model_inputs(batch)
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            t = self.teacher_tap(inputs)
+        s = self.student_tap(inputs, runner=self.trainable)
+        total = torch.zeros((), device=mask.device)
+        terms: dict[str, float] = {}
+        for m in self.matches:
+            spec = LOSSES[m.loss]
+            student, teacher = self._pair(m, s, t, batch)
+            kwargs = {}
+            if m.loss in ("soft_ce", "mlm_soft_ce"):
+                kwargs["temperature"] = self.temperature
+            if m in self.relation_heads:
+                kwargs["relation_heads"] = self.relation_heads[m]
+            with torch.set_grad_enabled(m.weight > 0 and torch.is_grad_enabled()):
+                value = spec.fn(student, teacher, mask if spec.feature != "logits" else None, **kwargs)
+            if not math.isfinite(float(value.detach())):
+                raise FloatingPointError(f"loss {m.loss} (student layer {m.student_layer}) is {float(value)}; "
+                                         "lower the learning rate or use mixed_precision=no")
+            terms[m.loss] = terms.get(m.loss, 0.0) + float(value.detach())
+            if m.weight > 0:
+                total = total + m.weight * value
+        return total, terms
+
+
+def _output_size(model: nn.Module) -> int | None:
+    if hasattr(model, "classifier"):
+        return model.config.num_labels
+    if "MaskedLM" in type(model).__name__ or "ForPreTraining" in type(model).__name__:
+        return model.config.vocab_size
+    return None

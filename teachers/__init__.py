@@ -1,0 +1,1 @@
+"""Teacher models: loading by name or folder, and task fine-tuning."""
