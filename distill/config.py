@@ -6,7 +6,9 @@ key, before any weight is loaded.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -300,7 +302,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:3])]
+            close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {names}"
             raise ConfigError(f"config key '{full}': unknown key{hint}")
         kwargs[key] = _coerce(value, hints[key], full)
@@ -348,6 +350,17 @@ def _parse_override(text: str, cls: type) -> tuple[list[str], Any]:
     return path, value
 
 
+def _is_mapping_field(keys: list[str], part: str) -> bool:
+    tp: Any = ExperimentConfig
+    for key in keys:
+        if not dataclasses.is_dataclass(tp):
+            return False
+        tp = _field_types(tp)[key]
+        if key == part:
+            return typing.get_origin(tp) is dict
+    return False
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read an experiment YAML (or the defaults), apply ``key.sub=value`` overrides, validate."""
     data: dict = {}
@@ -359,11 +372,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"experiment file {str(path)!r}: top level must be a mapping of keys")
         data = loaded or {}
+    defaults = to_dict(ExperimentConfig())
     for text in overrides:
         keys, value = _parse_override(text, ExperimentConfig)
-        node = data
+        node, default = data, defaults
         for part in keys[:-1]:
-            node = node.setdefault(part, {})
+            default = default.get(part, {}) if isinstance(default, dict) else {}
+            # a single entry of a mapping field (e.g. losses.hard_ce=0.5) is merged into its default
+            node = node.setdefault(part, copy.deepcopy(default) if _is_mapping_field(keys, part) else {})
             if not isinstance(node, dict):
                 raise ConfigError(f"config key '{text.split('=')[0]}': parent is not a mapping")
         node[keys[-1]] = value

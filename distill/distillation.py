@@ -1,0 +1,244 @@
+"""The distillation stages: 1 general (unlabeled text), 2a task intermediate layers, 2b task prediction
+layer; and the no-teacher baseline. Each is a StageRun whose artifact is a Hugging Face folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import DataCollatorForLanguageModeling
+
+from distill.augment import augmented_train_set
+from distill.context import RunContext
+from distill.corpus import load_paragraphs, pack_sequences
+from distill.evaluation import evaluate
+from distill.layer_map import build_layer_map, describe
+from distill.objectives import DistillObjective, FineTuneObjective
+from distill.run import StageRun
+from distill.trainer import train
+from students.build import build_student, count_parameters
+from students.presets import resolve_shape
+from teachers.finetune import finetune_teacher, load_finetuned, teacher_stage
+from teachers.load import has_mlm_head, load_backbone
+
+MLM_LOSSES = ("mlm", "mlm_soft_ce")
+
+
+def student_shape(ctx: RunContext):
+    s = ctx.cfg.student
+    return resolve_shape(s.preset, s.layers, s.hidden, s.heads, s.ffn)
+
+
+class MLMCollator:
+    """Dynamic masking for the DistilBERT terms: masked inputs, targets in ``mlm_labels``."""
+
+    def __init__(self, tokenizer, probability: float):
+        self.inner = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        batch["mlm_labels"] = batch.pop("labels")
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------
+# stage 1
+
+
+def general_stage(ctx: RunContext) -> StageRun:
+    cfg = ctx.cfg
+    return StageRun(ctx.run_dir, "student-general", {
+        "teacher": cfg.general.teacher or cfg.teacher.name, "student": cfg.student, "general": cfg.general,
+        "seed": cfg.seed})
+
+
+def run_general(ctx: RunContext) -> Path:
+    cfg, g = ctx.cfg, ctx.cfg.general
+    stage = general_stage(ctx)
+    if stage.is_done():
+        print(f"[general] reusing {stage.model_dir}")
+        return stage.model_dir
+    teacher_name = g.teacher or cfg.teacher.name
+    wants_mlm = any(name in MLM_LOSSES for name in g.losses)
+    if wants_mlm and not has_mlm_head(teacher_name):
+        raise ValueError(f"general.losses asks for {[n for n in g.losses if n in MLM_LOSSES]} but the teacher "
+                         f"{teacher_name!r} has no MLM head; drop those losses or set general.teacher to a "
+                         "checkpoint with one (e.g. bert-large-uncased)")
+    paragraphs = load_paragraphs(g.corpus, cache_dir=Path(cfg.output_dir) / ".cache")
+    sequences = pack_sequences(paragraphs, ctx.tokenizer, g.max_len, g.max_sequences)
+    stage.start()
+    teacher = load_backbone(teacher_name, with_mlm_head=wants_mlm)
+    student = build_student(student_shape(ctx), teacher, kind="mlm" if wants_mlm else "base",
+                            init=cfg.student.init, init_layers=cfg.student.init_layers,
+                            init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
+    matches = build_layer_map(g.losses, g.layer_map, student.config.num_hidden_layers,
+                              teacher.config.num_hidden_layers, g.layer_map_list)
+    objective = DistillObjective(student, teacher, matches, temperature=g.temperature)
+    print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens from {g.corpus}; student "
+          f"{count_parameters(student) / 1e6:.1f}M params; layer map:\n{describe(matches)}")
+    collator = MLMCollator(ctx.tokenizer, g.mlm_probability) if wants_mlm else None
+    loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences) if collator is None else \
+        _loader_with(ctx, sequences, g.train.batch_size, collator)
+    tracker = ctx.tracker(stage.dir, "general")
+    result = train(objective, loader, g.train, stage.dir, save_model=ctx.saver(), tracker=tracker,
+                   seed=cfg.seed, desc="general")
+    final = result.history[-1] if result.history else {}
+    tracker.summary(final)
+    tracker.finish()
+    stage.finish({"steps": result.step, "sequences": len(sequences), "final": final})
+    return stage.model_dir
+
+
+def _loader_with(ctx: RunContext, dataset, batch_size: int, collator):
+    from distill.batching import make_loader
+
+    return make_loader(dataset, ctx.tokenizer, batch_size, shuffle=True, seed=ctx.cfg.seed,
+                       num_workers=ctx.cfg.num_workers, collator=collator)
+
+
+# ---------------------------------------------------------------------------------------------------
+# stage 2
+
+
+def _student_start(ctx: RunContext, teacher) -> tuple[object, str]:
+    """The student that enters task distillation: general-distilled, or built from config."""
+    cfg = ctx.cfg
+    if cfg.general.enabled:
+        init = str(run_general(ctx))
+    else:
+        init = cfg.student.init
+    student = build_student(student_shape(ctx), teacher, kind="classifier", label_names=ctx.data.label_names,
+                            init=init, init_layers=cfg.student.init_layers,
+                            init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
+    return student, init
+
+
+def intermediate_stage(ctx: RunContext) -> StageRun:
+    cfg = ctx.cfg
+    upstream = [teacher_stage(ctx).fingerprint, general_stage(ctx).fingerprint if cfg.general.enabled else None]
+    return StageRun(ctx.run_dir, "student-intermediate", {
+        "upstream": upstream, "student": cfg.student, "task": cfg.task, "seed": cfg.seed,
+        "losses": cfg.task_distill.intermediate_losses, "layer_map": cfg.task_distill.layer_map,
+        "layer_map_list": cfg.task_distill.layer_map_list, "train": cfg.task_distill.intermediate,
+        "augment": cfg.task_distill.augment})
+
+
+def prediction_stage(ctx: RunContext) -> StageRun:
+    cfg = ctx.cfg
+    return StageRun(ctx.run_dir, "student-task", {
+        "upstream": intermediate_stage(ctx).fingerprint, "losses": cfg.task_distill.prediction_losses,
+        "temperature": cfg.task_distill.temperature, "train": cfg.task_distill.prediction,
+        "augment": cfg.task_distill.augment.enabled})
+
+
+def _train_set(ctx: RunContext, teacher_dir: Path):
+    aug = ctx.cfg.task_distill.augment
+    if not aug.enabled:
+        return ctx.tokenized["train"]
+    return augmented_train_set(ctx, teacher_dir)
+
+
+def run_intermediate(ctx: RunContext) -> Path:
+    """2a: the student's embeddings, attention and hidden states learn from the fine-tuned teacher."""
+    cfg, t = ctx.cfg, ctx.cfg.task_distill
+    teacher_dir = finetune_teacher(ctx)
+    stage = intermediate_stage(ctx)
+    if stage.is_done():
+        print(f"[intermediate] reusing {stage.model_dir}")
+        return stage.model_dir
+    teacher = load_finetuned(teacher_dir)
+    student, init = _student_start(ctx, teacher)
+    if not t.intermediate_losses:
+        stage.start()
+        ctx.saver()(student, stage.model_dir)
+        stage.finish({"skipped": "no intermediate_losses", "init": init})
+        return stage.model_dir
+    matches = build_layer_map(t.intermediate_losses, t.layer_map, student.config.num_hidden_layers,
+                              teacher.config.num_hidden_layers, t.layer_map_list)
+    objective = DistillObjective(student, teacher, matches, temperature=t.temperature)  # checks before training
+    train_set = _train_set(ctx, teacher_dir)
+    stage.start()
+    print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n{describe(matches)}")
+    tracker = ctx.tracker(stage.dir, "intermediate")
+    result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
+                   stage.dir, save_model=ctx.saver(), tracker=tracker, seed=cfg.seed, desc="2a intermediate")
+    final = result.history[-1] if result.history else {}
+    tracker.summary(final)
+    tracker.finish()
+    stage.finish({"steps": result.step, "init": init, "train_examples": len(train_set), "final": final})
+    return stage.model_dir
+
+
+def run_prediction(ctx: RunContext) -> Path:
+    """2b: the prediction layer learns the teacher's soft labels (and optionally the gold labels)."""
+    cfg, t = ctx.cfg, ctx.cfg.task_distill
+    start = run_intermediate(ctx)
+    stage = prediction_stage(ctx)
+    if stage.is_done():
+        _print_scores("student", stage.result())
+        return stage.model_dir
+    teacher_dir = finetune_teacher(ctx)
+    teacher = load_finetuned(teacher_dir)
+    student = load_finetuned(start)
+    matches = build_layer_map(t.prediction_losses, t.layer_map, student.config.num_hidden_layers,
+                              teacher.config.num_hidden_layers, t.layer_map_list)
+    objective = DistillObjective(student, teacher, matches, temperature=t.temperature)
+    train_set = _train_set(ctx, teacher_dir)
+    stage.start()
+    data = ctx.data
+    dev = ctx.loader("dev", 128)
+    tracker = ctx.tracker(stage.dir, "prediction")
+    result = train(objective, ctx.loader("train", t.prediction.batch_size, True, train_set), t.prediction,
+                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, data.metric),
+                   tracker=tracker, seed=cfg.seed, desc="2b prediction")
+    scores = _final_scores(ctx, stage.model_dir, result.step)
+    tracker.summary(scores)
+    tracker.finish()
+    stage.finish(scores)
+    _print_scores("student", scores)
+    return stage.model_dir
+
+
+def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
+    model = load_finetuned(folder)
+    return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data.metric),
+            "test": evaluate(model, ctx.loader("test", 128), ctx.data.metric),
+            "params": count_parameters(model), "steps": steps}
+
+
+def _print_scores(name: str, scores: dict) -> None:
+    if "test" in scores:
+        print(f"[{name}] dev score {scores['dev']['score']:.4f}, test score {scores['test']['score']:.4f}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# baseline
+
+
+def run_baseline(ctx: RunContext) -> Path:
+    """The same student (shape and init) fine-tuned on the gold labels alone, with no teacher signal."""
+    cfg = ctx.cfg
+    t = cfg.task_distill
+    stage = StageRun(ctx.run_dir, "student-baseline", {
+        "student": cfg.student, "task": cfg.task, "seed": cfg.seed, "train": t.prediction,
+        "teacher": cfg.teacher.name, "general": general_stage(ctx).fingerprint if cfg.general.enabled else None})
+    if stage.is_done():
+        _print_scores("baseline", stage.result())
+        return stage.model_dir
+    # the initial weights may come from the pretrained teacher (init=teacher), as for the distilled student
+    teacher = load_backbone(cfg.teacher.name)
+    init = str(run_general(ctx)) if cfg.general.enabled else cfg.student.init
+    student = build_student(student_shape(ctx), teacher, kind="classifier", label_names=ctx.data.label_names,
+                            init=init, init_layers=cfg.student.init_layers,
+                            init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
+    del teacher
+    stage.start()
+    dev = ctx.loader("dev", 128)
+    tracker = ctx.tracker(stage.dir, "baseline")
+    result = train(FineTuneObjective(student), ctx.loader("train", t.prediction.batch_size, True), t.prediction,
+                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, ctx.data.metric),
+                   tracker=tracker, seed=cfg.seed, desc="baseline")
+    scores = _final_scores(ctx, stage.model_dir, result.step)
+    tracker.summary(scores)
+    tracker.finish()
+    stage.finish(scores)
+    _print_scores("baseline", scores)
+    return stage.model_dir

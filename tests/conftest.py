@@ -1,0 +1,64 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification  # noqa: E402
+
+from distill import assets  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_config(**kw) -> BertConfig:
+    base = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=128, num_labels=2)
+    base.update(kw)
+    return BertConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(assets.minilm_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, tokenizer):
+    """A random tiny BERT classifier folder using the real MiniLM vocabulary."""
+    folder = tmp_path_factory.mktemp("tiny_teacher")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_teacher_dir(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny_mlm")
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.architectures = ["BertForMaskedLM"]
+    BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def task_folder(tmp_path):
+    """A local task with string labels, split into train/dev/test files."""
+    import pandas as pd
+
+    rows = []
+    for i in range(60):
+        good = i % 3 != 0
+        rows.append({"text": f"{'a wonderful' if good else 'a dreadful'} film number {i}",
+                     "label": "pos" if good else "neg"})
+    frame = pd.DataFrame(rows)
+    frame.iloc[:40].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[40:50].to_csv(tmp_path / "dev.csv", index=False)
+    frame.iloc[50:].to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    return tmp_path

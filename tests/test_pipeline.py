@@ -1,0 +1,69 @@
+"""End-to-end stages on tiny random models (logic only; the real assets run in the slow tests)."""
+import json
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from distill import pipeline
+from distill.config import load_config
+from distill.run import StageConflictError
+
+
+def _cfg(tmp_path, teacher, task, *extra):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema on a rainy day." for i in range(200)))
+    steps = ["max_steps=3", "batch_size=8", "save_every=0", "log_every=1"]
+    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=32",
+                 "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
+                 f"general.corpus={corpus}", "general.max_len=32"]
+    for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction"):
+        overrides += [f"{section}.{s}" for s in steps]
+    return load_config(None, overrides + list(extra))
+
+
+def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, task_folder, capsys):
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder)
+    pipeline.run_distill(cfg)
+    run = cfg.run_dir
+    for stage in ("teacher", "student-general", "student-intermediate", "student-task"):
+        assert (run / stage / "DONE").is_file(), stage
+    student = AutoModelForSequenceClassification.from_pretrained(run / "student-task" / "model")
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    assert student.config.id2label == {0: "neg", 1: "pos"}
+    assert not any("projection" in k for k in student.state_dict())  # projections are not saved
+    terms = json.loads((run / "student-intermediate" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"embedding_mse", "attention_scores_mse", "hidden_mse", "loss"} <= set(terms)
+    result = json.loads((run / "student-task" / "result.json").read_text())
+    assert 0.0 <= result["test"]["accuracy"] <= 1.0
+    stamp = (run / "student-task" / "model" / "model.safetensors").stat().st_mtime
+    capsys.readouterr()
+    pipeline.run_distill(cfg)  # second run: everything reused
+    out = capsys.readouterr().out
+    assert "reusing" in out
+    assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
+    changed = _cfg(tmp_path, tiny_teacher_dir, task_folder, "task_distill.temperature=3")
+    with pytest.raises(StageConflictError, match="temperature"):
+        pipeline.run_distill(changed)  # a finished artifact is never silently overwritten
+    assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
+
+
+def test_mlm_teacher_triple_loss_and_mlm_augmentation(tmp_path, tiny_mlm_teacher_dir, task_folder):
+    cfg = _cfg(tmp_path, tiny_mlm_teacher_dir, task_folder,
+               "general.losses={mlm_soft_ce: 5.0, mlm: 2.0, hidden_cosine: 1.0}",
+               "task_distill.augment.enabled=true", "task_distill.augment.method=mlm", "task_distill.augment.copies=2")
+    pipeline.run_distill(cfg)
+    terms = json.loads((cfg.run_dir / "student-general" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"mlm_soft_ce", "mlm", "hidden_cosine"} <= set(terms)
+    result = json.loads((cfg.run_dir / "student-intermediate" / "result.json").read_text())
+    assert result["train_examples"] == 40 * 3  # originals + 2 copies
+
+
+def test_mlm_losses_without_mlm_head_fail_before_training(tmp_path, tiny_teacher_dir, task_folder):
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.losses={mlm: 1.0}")
+    with pytest.raises(ValueError, match="no MLM head"):
+        pipeline.run_distill(cfg)
+    assert not (cfg.run_dir / "teacher").exists()  # nothing was trained
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false",
+               "task_distill.augment.enabled=true", "task_distill.augment.method=mlm")
+    with pytest.raises(ValueError, match="augment.method=embedding"):
+        pipeline.run_distill(cfg)
