@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+from transformers import AutoModel
+
+from distill import assets
+from distill.augment import EmbeddingNeighbours, _whole_word_ids, join_words, split_words
+
+
+def test_words_are_grouped_from_pieces_and_specials_are_kept(tokenizer):
+    enc = tokenizer("an unwatchable mess", "truly")
+    words = split_words(enc["input_ids"], enc["token_type_ids"], tokenizer)
+    text = [tokenizer.decode(list(p)) for _, p, _ in words]
+    assert text == ["[CLS]", "an", "unwatchable", "mess", "[SEP]", "truly", "[SEP]"]
+    assert [ok for *_, ok in words] == [False, True, True, True, False, True, False]
+    rebuilt = join_words([(seg, p) for seg, p, _ in words])
+    assert rebuilt["input_ids"] == enc["input_ids"] and rebuilt["token_type_ids"] == enc["token_type_ids"]
+
+
+def test_embedding_neighbours_of_the_real_teacher_are_related_words(tokenizer):
+    emb = AutoModel.from_pretrained(assets.minilm_dir()).get_input_embeddings().weight.detach()
+    nb = EmbeddingNeighbours(emb, _whole_word_ids(tokenizer), top_k=10)
+    movie = tuple(tokenizer("movie", add_special_tokens=False)["input_ids"])
+    multi = tuple(tokenizer("unwatchable", add_special_tokens=False)["input_ids"])
+    nb.prepare([movie, multi])
+    names = tokenizer.convert_ids_to_tokens(nb.table[movie])
+    assert "film" in names or "movies" in names, names
+    assert "movie" not in names and len(names) == 10
+    assert all(t.isalpha() and not t.startswith("##") for t in tokenizer.convert_ids_to_tokens(nb.table[multi]))
+
+
+def test_whole_word_candidates_exclude_pieces_and_specials(tokenizer):
+    ids = _whole_word_ids(tokenizer)
+    toks = tokenizer.convert_ids_to_tokens(ids.tolist())
+    assert "[CLS]" not in toks and not any(t.startswith("##") for t in toks)
+    assert len(ids) > 15000 and np.all(np.diff(ids) > 0)
