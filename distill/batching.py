@@ -9,7 +9,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "teacher_logits")
 
 
 def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_len: int) -> Dataset:

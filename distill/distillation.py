@@ -11,7 +11,7 @@ from distill.context import RunContext
 from distill.corpus import load_paragraphs, pack_sequences
 from distill.evaluation import evaluate
 from distill.layer_map import build_layer_map, describe
-from distill.objectives import DistillObjective, FineTuneObjective
+from distill.objectives import DistillObjective, FineTuneObjective, with_teacher_logits
 from distill.run import StageRun
 from distill.trainer import train
 from students.build import build_student, count_parameters
@@ -183,6 +183,9 @@ def run_prediction(ctx: RunContext) -> Path:
     objective = DistillObjective(student, teacher, matches, temperature=t.temperature)
     train_set = _train_set(ctx, teacher_dir)
     stage.start()
+    if objective.output_only:
+        print(f"[prediction] teacher logits for {len(train_set)} examples (computed once, reused every epoch)")
+        train_set = with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d))
     data = ctx.data
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "prediction")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from distill.batching import to_model_inputs
-from distill.features import FeatureTap, attention_blocks, num_heads
+from distill.features import Features, FeatureTap, attention_blocks, num_heads
 from distill.layer_map import LayerMapError, Match
 from distill.losses import LOSSES
 
@@ -80,6 +80,8 @@ class DistillObjective:
         self.projections = projections
         self.trainable = StudentWithProjections(student, projections)
         need_attention = any(LOSSES[m.loss].feature in ATTENTION_FEATURES for m in matches)
+        # prediction-layer only: precomputed teacher logits in the batch replace the teacher's forward pass
+        self.output_only = all(LOSSES[m.loss].feature in ("logits", "labels") for m in matches)
         self.student_tap = FeatureTap(student, attention=need_attention)
         self.teacher_tap = FeatureTap(teacher, attention=need_attention)
         self.relation_heads = {}
@@ -141,8 +143,11 @@ class DistillObjective:
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = to_model_inputs(batch)
         mask = batch["attention_mask"]
-        with torch.no_grad():
-            t = self.teacher_tap(inputs)
+        if self.output_only and "teacher_logits" in batch:
+            t = Features(hidden=(), logits=batch["teacher_logits"])
+        else:
+            with torch.no_grad():
+                t = self.teacher_tap(inputs)
         s = self.student_tap(inputs, runner=self.trainable)
         total = torch.zeros((), device=mask.device)
         terms: dict[str, float] = {}
@@ -163,6 +168,18 @@ class DistillObjective:
             if m.weight > 0:
                 total = total + m.weight * value
         return total, terms
+
+
+@torch.no_grad()
+def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, device: torch.device | None = None):
+    """``dataset`` plus a ``teacher_logits`` column: the teacher runs once instead of once per epoch."""
+    from distill.evaluation import predict
+
+    teacher.eval()
+    if device is not None:
+        teacher.to(device)
+    logits, _ = predict(teacher, loader_factory(dataset))
+    return dataset.add_column("teacher_logits", [row.tolist() for row in logits])
 
 
 def _output_size(model: nn.Module) -> int | None:
