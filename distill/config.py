@@ -183,6 +183,53 @@ class TaskStageConfig:
 
 
 @dataclass
+class PruneConfig:
+    """Structured pruning of heads and FFN neurons (hidden width kept), then recovery distillation."""
+
+    enabled: bool = True
+    ratio: float = 0.5  # fraction of attention heads and of FFN neurons removed in every layer
+    target_flops: float = 0.0  # > 0: keep this fraction of the student's encoder FLOPs instead of using ratio
+    layer_ratios: list[float] = field(default_factory=list)  # one ratio per layer (overrides ratio)
+    importance: Literal["taylor", "magnitude"] = "taylor"  # taylor: |w * dL/dw| on task batches
+    taylor_batches: int = 16  # task batches whose gradients score the weights
+    recovery_losses: dict[str, float] = field(default_factory=lambda: {"hidden_mse": 1.0, "soft_ce": 1.0})
+    recovery: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-5))
+
+    def validate(self, prefix: str) -> None:
+        _check(0 < self.ratio < 1, f"{prefix}.ratio", "must be in (0, 1)")
+        _check(0 <= self.target_flops < 1, f"{prefix}.target_flops", "must be in [0, 1); 0 = use ratio")
+        for i, r in enumerate(self.layer_ratios):
+            _check(0 <= r < 1, f"{prefix}.layer_ratios[{i}]", "must be in [0, 1)")
+        _check(self.taylor_batches >= 1, f"{prefix}.taylor_batches", "must be >= 1")
+        _check_losses(self.recovery_losses, f"{prefix}.recovery_losses")
+        self.recovery.validate(f"{prefix}.recovery")
+
+
+EXPORT_FORMATS = ("fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-qdq")
+
+
+@dataclass
+class ExportConfig:
+    """ONNX artifacts for ONNX Runtime (CPU) and TensorRT (edge GPU), each checked against PyTorch."""
+
+    enabled: bool = True
+    formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))  # any of EXPORT_FORMATS
+    models: list[str] = field(default_factory=lambda: ["student-task", "student-pruned"])  # stages to export
+    calibration_batches: int = 16  # task batches (of 32) that calibrate static INT8 (QDQ)
+    check_examples: int = 0  # dev examples compared against PyTorch; 0 = the whole dev split
+    tensorrt: bool = True  # build engines where `tensorrt` imports; else print the trtexec command
+
+    def validate(self, prefix: str) -> None:
+        for f in self.formats:
+            _check(f in EXPORT_FORMATS, f"{prefix}.formats", f"unknown format {f!r}; choose from {list(EXPORT_FORMATS)}")
+        for m in self.models:
+            _check(m in ("teacher", "student-task", "student-pruned"), f"{prefix}.models",
+                   f"unknown model {m!r}; choose from teacher, student-task, student-pruned")
+        _check(self.calibration_batches >= 1, f"{prefix}.calibration_batches", "must be >= 1")
+        _check(self.check_examples >= 0, f"{prefix}.check_examples", "must be >= 0")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: what to distil into what, and where the run lands."""
 
@@ -198,6 +245,8 @@ class ExperimentConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     general: GeneralStageConfig = field(default_factory=GeneralStageConfig)
     task_distill: TaskStageConfig = field(default_factory=TaskStageConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         for name in ("name", "run_id"):
@@ -210,6 +259,10 @@ class ExperimentConfig:
         self.student.validate("student")
         self.general.validate("general")
         self.task_distill.validate("task_distill")
+        self.prune.validate("prune")
+        self.export.validate("export")
+        if "student-pruned" in self.export.models and not self.prune.enabled:
+            raise ConfigError("config key 'export.models': lists student-pruned but prune.enabled is false")
 
     @property
     def run_dir(self) -> Path:

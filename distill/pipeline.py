@@ -64,10 +64,28 @@ def run_baseline(cfg: ExperimentConfig) -> None:
     baseline(_context(cfg))
 
 
+def run_prune(cfg: ExperimentConfig) -> None:
+    from distill.compress import run_prune as prune
+
+    print(f"[prune] pruned student -> {prune(_context(cfg))}")
+
+
+def run_export(cfg: ExperimentConfig) -> None:
+    from distill.compress import run_export as export
+
+    print(f"[export] artifacts -> {export(_context(cfg))}")
+
+
 def run_distill(cfg: ExperimentConfig) -> None:
     """The whole pipeline in order; finished stages are reused."""
+    from distill.compress import run_export as export
+    from distill.compress import run_prune as prune
     from distill.distillation import run_prediction
 
     ctx = _context(cfg)
     folder = run_prediction(ctx)  # pulls in the teacher and general stages it needs
-    print(f"[distill] done: student {folder}")
+    print(f"[distill] student: {folder}")
+    if cfg.prune.enabled:
+        print(f"[distill] pruned student: {prune(ctx)}")
+    if cfg.export.enabled:
+        print(f"[distill] ONNX artifacts: {export(ctx)}")

@@ -1,0 +1,175 @@
+"""Compression stages of a run: prune + recovery distillation, then ONNX export and quantization."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import students  # noqa: F401  (registers PrunedBert with the Auto classes)
+from distill import export as onnx_export
+from distill.batching import to_model_inputs
+from distill.context import RunContext
+from distill.distillation import _final_scores, _print_scores, prediction_stage, run_prediction
+from distill.evaluation import evaluate
+from distill.layer_map import build_layer_map
+from distill.objectives import DistillObjective
+from distill.prune import prune_model
+from distill.run import StageRun
+from distill.trainer import train
+from teachers.finetune import finetune_teacher, load_finetuned, teacher_stage
+
+
+def prune_stage(ctx: RunContext) -> StageRun:
+    return StageRun(ctx.run_dir, "student-pruned", {"upstream": prediction_stage(ctx).fingerprint,
+                                                    "prune": ctx.cfg.prune, "seed": ctx.cfg.seed})
+
+
+def run_prune(ctx: RunContext) -> Path:
+    """Prune the distilled student, then recover by distilling from the teacher into the pruned shape."""
+    cfg, p = ctx.cfg, ctx.cfg.prune
+    source = run_prediction(ctx)
+    stage = prune_stage(ctx)
+    if stage.is_done():
+        _print_scores("pruned", stage.result())
+        return stage.model_dir
+    teacher = load_finetuned(finetune_teacher(ctx))
+    student = load_finetuned(source)
+    ratio = 1.0 - p.target_flops if p.target_flops else p.ratio
+    example = {k: v for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
+    stage.start()
+    before = evaluate(student, ctx.loader("dev", 128), ctx.data.metric)
+    pruned, report = prune_model(student, example, ratio, importance=p.importance,
+                                 loader=ctx.loader("train", 32, shuffle=True), taylor_batches=p.taylor_batches,
+                                 layer_ratios=p.layer_ratios or None)
+    after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data.metric)
+    print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
+          f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
+    matches = build_layer_map(p.recovery_losses, cfg.task_distill.layer_map, pruned.config.num_hidden_layers,
+                              teacher.config.num_hidden_layers, cfg.task_distill.layer_map_list)
+    objective = DistillObjective(pruned, teacher, matches, temperature=cfg.task_distill.temperature)
+    train_set = ctx.tokenized["train"]
+    dev = ctx.loader("dev", 128)
+    tracker = ctx.tracker(stage.dir, "recovery")
+    result = train(objective, ctx.loader("train", p.recovery.batch_size, True, train_set), p.recovery, stage.dir,
+                   save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, ctx.data.metric),
+                   tracker=tracker, seed=cfg.seed, desc="recovery")
+    scores = _final_scores(ctx, stage.model_dir, result.step)
+    scores.update(prune=report.__dict__, dev_before_prune=before, dev_right_after_prune=after_prune)
+    tracker.summary({"params_after": report.params_after, "flops_after": report.flops_after, **scores})
+    tracker.finish()
+    stage.finish(scores)
+    _print_scores("pruned", scores)
+    return stage.model_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def export_stage(ctx: RunContext) -> StageRun:
+    upstream = [teacher_stage(ctx).fingerprint, prediction_stage(ctx).fingerprint]
+    if ctx.cfg.prune.enabled:
+        upstream.append(prune_stage(ctx).fingerprint)
+    return StageRun(ctx.run_dir, "export", {"upstream": upstream, "export": ctx.cfg.export})
+
+
+def _numpy_batches(loader, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    out = []
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        out.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
+    return out
+
+
+def _source_dir(ctx: RunContext, name: str) -> Path:
+    if name == "teacher":
+        return finetune_teacher(ctx)
+    if name == "student-task":
+        return run_prediction(ctx)
+    return run_prune(ctx)
+
+
+def run_export(ctx: RunContext) -> Path:
+    """ONNX artifacts for every configured model and format, each checked before it is kept."""
+    e = ctx.cfg.export
+    sources = {name: _source_dir(ctx, name) for name in e.models}
+    stage = export_stage(ctx)
+    if stage.is_done():
+        print(f"[export] reusing {stage.dir}")
+        return stage.dir
+    stage.start()
+    dev_set = ctx.tokenized["dev"]
+    if e.check_examples:
+        dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
+    check_batches = _numpy_batches(ctx.loader("dev", 64, dataset=dev_set))
+    calibration = _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)
+    results = {}
+    for name, folder in sources.items():
+        results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, calibration,
+                                     ctx.cfg.task.max_len, e.tensorrt)
+    stage.finish({"artifacts": results})
+    return stage.dir
+
+
+def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, calibration,
+                 max_len: int, tensorrt: bool) -> dict:
+    """All requested formats of one model folder into out_dir/<name>-<format>/."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        reference = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
+                                    for b in check_batches])
+    work = out_dir / f".work-{name}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    example = {k: torch.from_numpy(v[:1]) for k, v in check_batches[0].items()}
+    fp32 = work / "fp32.onnx"
+    onnx_export.export_fp32(model, fp32, example)
+    config = model.config
+    layer_heads = getattr(config, "layer_heads", None)
+    uniform = not layer_heads or len(set(layer_heads)) == 1
+    heads = (layer_heads[0] if layer_heads else config.num_attention_heads) if uniform else 0
+    head_size = getattr(config, "head_size", config.hidden_size // config.num_attention_heads)
+    fused = work / "fp32-fused.onnx"
+    optimizer_model = onnx_export.fuse(fp32, fused, heads, heads * head_size)  # 0, 0: detect per layer
+    made = {"fp32": fp32, "fp32-fused": fused}
+    if "fp16" in formats:
+        onnx_export.to_fp16(optimizer_model, work / "fp16.onnx")
+        made["fp16"] = work / "fp16.onnx"
+    if "int8-dynamic" in formats:
+        onnx_export.quantize_int8_dynamic(fused, work / "int8-dynamic.onnx")
+        made["int8-dynamic"] = work / "int8-dynamic.onnx"
+    if "int8-qdq" in formats:
+        onnx_export.quantize_int8_qdq(fp32, work / "int8-qdq.onnx", calibration)
+        made["int8-qdq"] = work / "int8-qdq.onnx"
+    results = {}
+    for variant in formats:
+        path = made[variant]
+        logits = onnx_export.onnx_logits(onnx_export.session(path), check_batches)
+        result = onnx_export.check(variant, reference, logits)
+        line = (f"[export] {name} {variant}: max |logit diff| {result.max_abs_diff:.2e} (limit {result.max_abs_diff_limit:g}), "
+                f"agreement {result.agreement:.2%} (limit {result.agreement_limit:.1%}) on {result.examples} dev examples")
+        if not result.ok:
+            shutil.rmtree(work, ignore_errors=True)
+            raise onnx_export.ExportCheckError(f"{line}: check failed, artifact not kept")
+        print(line)
+        extra = {"fused_ops": {k: v for k, v in onnx_export.fused_op_counts(path).items()
+                               if k in ("Attention", "SkipLayerNormalization", "BiasGelu", "QLinearMatMul",
+                                        "DynamicQuantizeMatMul", "MatMulInteger", "QuantizeLinear")}}
+        folder = out_dir / f"{name}-{variant}"
+        onnx_export.write_folder(path, folder, model_dir, result, extra)
+        results[variant] = {"folder": str(folder), "check": result.__dict__,
+                            "size_mb": (folder / "model.onnx").stat().st_size / 2**20}
+        if variant in ("fp16", "int8-qdq") and tensorrt:
+            precision = "fp16" if variant == "fp16" else "int8"
+            engine = onnx_export.build_tensorrt_engine(folder / "model.onnx", precision, max_len)
+            if engine is None:
+                cmd = onnx_export.trtexec_command(folder / "model.onnx", precision, max_len)
+                (folder / "tensorrt.txt").write_text(cmd + "\n")
+                print(f"[export] tensorrt is not installed here; on the target device run:\n  {cmd}")
+    shutil.rmtree(work, ignore_errors=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    return results

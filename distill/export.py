@@ -1,0 +1,204 @@
+"""ONNX export, ONNX Runtime graph fusion, quantization (dynamic INT8, static QDQ INT8) and FP16.
+
+Each artifact is a folder (model.onnx + config.json + tokenizer) that ONNX Runtime users can load with
+no code of ours. Before a folder is kept, its logits on the dev set are compared with the PyTorch
+model it came from; a failed check stops the pass with the figures and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+
+# (max |logit difference|, minimum prediction agreement) a format must meet against its PyTorch source
+TOLERANCE = {
+    "fp32": (1e-3, 0.999),
+    "fp32-fused": (1e-2, 0.995),
+    "fp16": (5e-2, 0.99),
+    "int8-dynamic": (float("inf"), 0.97),
+    "int8-qdq": (float("inf"), 0.95),
+}
+
+
+class ExportCheckError(RuntimeError):
+    pass
+
+
+@dataclass
+class CheckResult:
+    variant: str
+    max_abs_diff: float
+    agreement: float
+    max_abs_diff_limit: float
+    agreement_limit: float
+    examples: int
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.max_abs_diff_limit and self.agreement >= self.agreement_limit
+
+
+def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor]) -> None:
+    """TorchScript-based export (dynamo=False): with eager attention ORT's optimizer can fuse it."""
+    model = model.eval()
+    model.set_attn_implementation("eager")
+    names = [n for n in INPUTS if n in example]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+
+    class LogitsOnly(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits
+
+    with torch.no_grad():
+        torch.onnx.export(LogitsOnly(model), tuple(example[n] for n in INPUTS), str(path), input_names=list(INPUTS),
+                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+    onnx.checker.check_model(str(path))
+
+
+def fuse(src: Path, dst: Path, num_heads: int, hidden_size: int):
+    """ORT transformer optimizer: fused Attention / SkipLayerNorm / BiasGelu. Returns the optimizer model."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=1,
+                         use_gpu=False)
+    opt.save_model_to_file(str(dst))
+    return opt
+
+
+def fused_op_counts(path: Path) -> dict[str, int]:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def quantize_int8_dynamic(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+class _Calibration:
+    """CalibrationDataReader over a few task batches (the inputs TensorRT will also see)."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self.batches = iter(batches)
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantize_int8_qdq(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> None:
+    """Static INT8 in QDQ form (symmetric, per-channel weights): the explicit quantization TensorRT builds from."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name("pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(dst), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    pre.unlink(missing_ok=True)
+
+
+def to_fp16(optimizer_model, dst: Path) -> None:
+    optimizer_model.convert_float_to_float16(keep_io_types=True)
+    optimizer_model.save_model_to_file(str(dst))
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+    wanted = {i.name for i in sess.get_inputs()}
+    return np.concatenate([sess.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0] for b in batches])
+
+
+def check(variant: str, reference: np.ndarray, candidate: np.ndarray) -> CheckResult:
+    limit_diff, limit_agree = TOLERANCE[variant]
+    diff = float(np.abs(reference - candidate).max())
+    if reference.shape[-1] == 1:  # regression: agreement = within 0.1 of the reference score
+        agree = float(np.mean(np.abs(reference - candidate).reshape(-1) < 0.1))
+    else:
+        agree = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+    return CheckResult(variant, diff, agree, limit_diff, limit_agree, len(reference))
+
+
+def write_folder(onnx_path: Path, folder: Path, model_dir: Path, result: CheckResult, extra: dict) -> None:
+    """Keep an artifact: model.onnx + config.json + tokenizer files + check.json, replaced atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.move(str(onnx_path), tmp / "model.onnx")
+    for item in Path(model_dir).iterdir():
+        if item.suffix in (".json", ".txt") and item.name != "check.json":
+            shutil.copy(item, tmp / item.name)
+    (tmp / "check.json").write_text(json.dumps({**asdict(result), **extra}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def trtexec_command(onnx_path: Path, precision: str, max_len: int, max_batch: int = 32) -> str:
+    shapes = lambda b, s: ",".join(f"{n}:{b}x{s}" for n in INPUTS)  # noqa: E731
+    flags = "--fp16" if precision == "fp16" else "--int8 --fp16"
+    return (f"trtexec --onnx={onnx_path} --saveEngine={Path(onnx_path).with_suffix('.plan')} {flags} "
+            f"--minShapes={shapes(1, 1)} --optShapes={shapes(1, max_len)} --maxShapes={shapes(max_batch, max_len)}")
+
+
+def build_tensorrt_engine(onnx_path: Path, precision: str, max_len: int, max_batch: int = 32) -> Path | None:
+    """Build a TensorRT engine where tensorrt is importable (e.g. a Jetson); otherwise return None."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {parser.get_error(0)}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    for name in INPUTS:
+        profile.set_shape(name, (1, 1), (1, max_len), (max_batch, max_len))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    path = Path(onnx_path).with_suffix(".plan")
+    path.write_bytes(engine)
+    return path
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
