@@ -15,7 +15,8 @@ COMMANDS = {
     "baseline": "fine-tune the same student without a teacher, for comparison",
     "prune": "prune heads and FFN neurons of the distilled student, then recover by distillation",
     "export": "ONNX fp32/fused/fp16 and INT8 (dynamic, static QDQ), each checked against PyTorch",
-    "distill": "the whole pipeline: teacher, general, task, prune, export (finished stages are reused)",
+    "bench": "teacher and every artifact side by side: test metric, latency, throughput, size; writes the report",
+    "distill": "the whole pipeline: teacher, general, task, prune, export, bench + report (finished stages reused)",
 }
 
 EPILOG = """\

@@ -230,6 +230,21 @@ class ExportConfig:
 
 
 @dataclass
+class BenchConfig:
+    """Side-by-side benchmark of the teacher and every artifact."""
+
+    threads: int = 0  # CPU threads for torch and ONNX Runtime; 0 = all cores
+    repeats: int = 50  # timed batch-1 runs per artifact (after 5 warm-up runs)
+    test_examples: int = 0  # cap the test split for the metric; 0 = all
+    skip_formats: list[str] = field(default_factory=list)  # export formats not to time (e.g. fp16 is slow on CPU)
+
+    def validate(self, prefix: str) -> None:
+        _check(self.threads >= 0, f"{prefix}.threads", "must be >= 0")
+        _check(self.repeats >= 5, f"{prefix}.repeats", "must be >= 5")
+        _check(self.test_examples >= 0, f"{prefix}.test_examples", "must be >= 0")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: what to distil into what, and where the run lands."""
 
@@ -247,6 +262,7 @@ class ExperimentConfig:
     task_distill: TaskStageConfig = field(default_factory=TaskStageConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def validate(self) -> None:
         for name in ("name", "run_id"):
@@ -261,6 +277,7 @@ class ExperimentConfig:
         self.task_distill.validate("task_distill")
         self.prune.validate("prune")
         self.export.validate("export")
+        self.bench.validate("bench")
         if "student-pruned" in self.export.models and not self.prune.enabled:
             raise ConfigError("config key 'export.models': lists student-pruned but prune.enabled is false")
 

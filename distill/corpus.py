@@ -87,8 +87,9 @@ def load_paragraphs(corpus: str, cache_dir: Path | None = None) -> list[str]:
     path = Path(corpus)
     if path.exists():
         return text_file_paragraphs(path)
+    name, _, subset = corpus.partition(":")  # e.g. Salesforce/wikitext:wikitext-103-raw-v1
     try:
-        data = load_dataset(corpus, split="train")
+        data = load_dataset(name, subset or None, split="train")
     except Exception as err:  # datasets raises many types for a missing/unreachable name
         raise FileNotFoundError(f"general.corpus {corpus!r} is not 'wiki', a local text file/folder, or a loadable "
                                 f"datasets name ({type(err).__name__}: {str(err).splitlines()[0]})") from None

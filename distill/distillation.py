@@ -12,7 +12,7 @@ from distill.corpus import load_paragraphs, pack_sequences
 from distill.evaluation import evaluate
 from distill.layer_map import build_layer_map, describe
 from distill.objectives import DistillObjective, FineTuneObjective, with_teacher_logits
-from distill.run import StageRun
+from distill.run import StageRun, announce_once
 from distill.trainer import train
 from students.build import build_student, count_parameters
 from students.presets import resolve_shape
@@ -54,7 +54,7 @@ def run_general(ctx: RunContext) -> Path:
     cfg, g = ctx.cfg, ctx.cfg.general
     stage = general_stage(ctx)
     if stage.is_done():
-        print(f"[general] reusing {stage.model_dir}")
+        announce_once(str(stage.dir), f"[general] reusing {stage.model_dir}")
         return stage.model_dir
     teacher_name = g.teacher or cfg.teacher.name
     wants_mlm = any(name in MLM_LOSSES for name in g.losses)
@@ -142,7 +142,7 @@ def run_intermediate(ctx: RunContext) -> Path:
     teacher_dir = finetune_teacher(ctx)
     stage = intermediate_stage(ctx)
     if stage.is_done():
-        print(f"[intermediate] reusing {stage.model_dir}")
+        announce_once(str(stage.dir), f"[intermediate] reusing {stage.model_dir}")
         return stage.model_dir
     teacher = load_finetuned(teacher_dir)
     student, init = _student_start(ctx, teacher)

@@ -89,3 +89,12 @@ def run_distill(cfg: ExperimentConfig) -> None:
         print(f"[distill] pruned student: {prune(ctx)}")
     if cfg.export.enabled:
         print(f"[distill] ONNX artifacts: {export(ctx)}")
+    from distill.bench import run_bench
+
+    run_bench(ctx)
+
+
+def run_bench(cfg: ExperimentConfig) -> None:
+    from distill.bench import run_bench as bench
+
+    bench(_context(cfg))

@@ -18,6 +18,16 @@ class StageConflictError(RuntimeError):
     pass
 
 
+_ANNOUNCED: set[str] = set()
+
+
+def announce_once(key: str, message: str) -> None:
+    """Print a reuse note once per process (several later stages ask for the same finished stage)."""
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(message)
+
+
 def _plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) else value
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 from distill.context import RunContext
 from distill.evaluation import evaluate
 from distill.objectives import FineTuneObjective
-from distill.run import StageRun
+from distill.run import StageRun, announce_once
 from distill.trainer import train
 from teachers.load import finetuned_labels, load_classifier, resolve_teacher_path, use_eager_attention
 
@@ -34,7 +34,7 @@ def finetune_teacher(ctx: RunContext) -> Path:
         return folder
     stage = teacher_stage(ctx)
     if stage.is_done():
-        print(f"[teacher] reusing {stage.model_dir} ({stage.result().get('test', {})})")
+        announce_once(str(stage.dir), f"[teacher] reusing {stage.model_dir} (test {stage.result().get('test', {})})")
         return stage.model_dir
     stage.start()
     data = ctx.data

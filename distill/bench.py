@@ -1,0 +1,145 @@
+"""Benchmark the teacher and every artifact side by side in one process: task metric on the test
+split, latency p50/p95 at batch 1, throughput at batch 32, size on disk, parameters, FLOPs.
+
+Threads are fixed (torch and ONNX Runtime alike) and every model is warmed up before it is timed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import students  # noqa: F401  (PrunedBert folders)
+from distill import export as onnx_export
+from distill.flops import encoder_flops
+from distill.metrics import compute_metrics
+
+
+@dataclass
+class BenchRow:
+    name: str
+    runtime: str  # pytorch-fp32 | onnxruntime-<variant>
+    score: float | None
+    metric: str
+    p50_ms: float
+    p95_ms: float
+    p50_ms_real: float  # batch 1 at the task's real lengths (test examples)
+    throughput_b32: float  # examples/s at batch 32, seq 128
+    size_mb: float
+    params: int
+    flops_128: int
+
+
+def folder_size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".safetensors", ".onnx", ".data")]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def synthetic(batch: int, seq: int, vocab: int = 30522) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"input_ids": rng.integers(1000, vocab - 1, (batch, seq)).astype(np.int64),
+            "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
+
+
+def _time(run, inputs: list[dict], repeats: int, warmup: int) -> np.ndarray:
+    for i in range(warmup):
+        run(inputs[i % len(inputs)])
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        run(inputs[i % len(inputs)])
+        times.append(time.perf_counter() - start)
+    return np.asarray(times) * 1000.0
+
+
+class Runner:
+    """A model behind one call signature: numpy inputs -> numpy logits."""
+
+    def __init__(self, name: str, path: Path, threads: int):
+        self.name, self.path = name, Path(path)
+        if self.path.suffix == ".onnx":
+            self.runtime = "onnxruntime-" + self.path.parent.name.split("-", 2)[-1]
+            self.sess = onnx_export.session(self.path, threads)
+            self.model = None
+        else:
+            self.runtime = "pytorch-fp32"
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
+            self.model.set_attn_implementation("sdpa")
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        if self.model is None:
+            return self.sess.run(["logits"], feed)[0]
+        with torch.inference_mode():
+            return self.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+
+
+def bench_one(name: str, path: Path, source_dir: Path, test_batches: list[dict], labels: np.ndarray,
+              real_singles: list[dict], metric: str, threads: int, repeats: int = 50) -> BenchRow:
+    torch.set_num_threads(threads)
+    runner = Runner(name, path, threads)
+    logits = np.concatenate([runner(b) for b in test_batches])
+    score = compute_metrics(logits, labels, metric)["score"]
+    b1 = _time(runner, [synthetic(1, 128)], repeats, warmup=5)
+    real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5)
+    b32 = _time(runner, [synthetic(32, 128)], max(3, repeats // 10), warmup=1)
+    source = AutoModelForSequenceClassification.from_pretrained(source_dir)
+    return BenchRow(name, runner.runtime, score, metric, float(np.percentile(b1, 50)), float(np.percentile(b1, 95)),
+                    float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)),
+                    folder_size_mb(Path(path) if Path(path).suffix == ".onnx" else Path(path)),
+                    sum(p.numel() for p in source.parameters()), encoder_flops(source, 128))
+
+
+def write_bench(rows: list[BenchRow], path: Path) -> None:
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
+
+def run_bench(ctx, threads: int = 0) -> list[dict]:
+    """Teacher, students and every exported artifact of the run, on the test split, side by side."""
+    import yaml
+
+    from distill.batching import to_model_inputs
+    from distill.compress import run_export, run_prune
+    from distill.config import to_dict
+    from distill.distillation import run_prediction
+    from distill.report import write_report
+    from teachers.finetune import finetune_teacher
+
+    cfg = ctx.cfg
+    threads = threads or cfg.bench.threads or torch.get_num_threads()
+    sources = {"teacher": finetune_teacher(ctx), "student-task": run_prediction(ctx)}
+    if cfg.prune.enabled:
+        sources["student-pruned"] = run_prune(ctx)
+    artifacts: list[tuple[str, Path, Path]] = [(name, folder, folder) for name, folder in sources.items()]
+    if cfg.export.enabled:
+        export_dir = run_export(ctx)
+        for name in cfg.export.models:
+            for variant in cfg.export.formats:
+                if variant in cfg.bench.skip_formats:
+                    continue
+                artifacts.append((f"{name} {variant}", export_dir / f"{name}-{variant}" / "model.onnx", sources[name]))
+    test = ctx.tokenized["test"]
+    if cfg.bench.test_examples:
+        test = test.select(range(min(cfg.bench.test_examples, len(test))))
+    batches, labels = [], []
+    for batch in ctx.loader("test", 64, dataset=test):
+        batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
+        labels.append(batch["labels"].numpy())
+    singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
+    rows = []
+    print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
+    for name, path, source in artifacts:
+        row = bench_one(name.split(" ")[0], path, source, batches, np.concatenate(labels), singles, ctx.data.metric,
+                        threads, cfg.bench.repeats)
+        print(f"[bench] {name:<28} {row.runtime:<26} score {row.score:.4f}  p50 {row.p50_ms:7.1f} ms  "
+              f"p95 {row.p95_ms:7.1f} ms  b32 {row.throughput_b32:7.0f} ex/s  {row.size_mb:6.1f} MB")
+        rows.append(asdict(row))
+    extra = [f"Latency: CPU, {threads} threads, batch 1, sequence 128 (synthetic tokens), {cfg.bench.repeats} timed "
+             "runs after 5 warm-up runs; 'real lengths' uses 100 test examples at their own lengths."]
+    md, page = write_report(ctx.run_dir, rows, yaml.safe_dump(to_dict(cfg), sort_keys=False), extra)
+    print(f"[bench] report: {md} and {page}")
+    return rows

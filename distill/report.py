@@ -1,0 +1,113 @@
+"""The run report: report.md, a self-contained report.html (plots embedded), pareto.png, loss curves."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from distill.tracking import read_metrics  # noqa: E402
+
+STAGES = ("teacher", "student-general", "student-intermediate", "student-task", "student-pruned", "student-baseline")
+
+
+def _table(rows: list[dict], teacher: dict | None) -> list[str]:
+    head = ("| artifact | runtime | test score | vs teacher | p50 ms (b1, s128) | p95 ms | p50 ms (real lengths) | "
+            "ex/s (b32, s128) | speed-up | size MB | params | GFLOPs@128 |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        rel = f"{r['score'] / teacher['score']:.1%}" if teacher and teacher["score"] else ""
+        speed = f"{teacher['p50_ms'] / r['p50_ms']:.1f}x" if teacher else ""
+        lines.append(f"| {r['name']} | {r['runtime']} | {r['score']:.4f} | {rel} | {r['p50_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['p50_ms_real']:.1f} | {r['throughput_b32']:.0f} | {speed} | "
+                     f"{r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} |")
+    return lines
+
+
+def pareto_plot(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    biggest = max(r["size_mb"] for r in rows)
+    for r in rows:
+        ax.scatter(r["p50_ms"], r["score"], s=40 + 900 * r["size_mb"] / biggest, alpha=0.6)
+        ax.annotate(f"{r['name']} ({r['runtime'].replace('onnxruntime-', 'ort ')})", (r["p50_ms"], r["score"]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p50, batch 1, seq 128 (ms, log scale)")
+    ax.set_ylabel(f"test {rows[0]['metric']}")
+    ax.set_title("accuracy vs latency (marker area = size on disk)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def loss_plot(run_dir: Path, path: Path) -> bool:
+    curves = {s: read_metrics(run_dir / s / "metrics.jsonl") for s in STAGES}
+    curves = {s: [r for r in rows if "loss" in r] for s, rows in curves.items()}
+    curves = {s: rows for s, rows in curves.items() if rows}
+    if not curves:
+        return False
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (stage, rows) in zip(axes[0], curves.items()):
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="total")
+        terms = sorted({k for r in rows for k in r} - {"stage", "step", "time", "loss", "lr", "examples_per_s", "epoch"}
+                       - {k for r in rows for k in r if k.startswith("dev_")})
+        for term in terms:
+            ax.plot([r["step"] for r in rows if term in r], [r[term] for r in rows if term in r], label=term, lw=0.8)
+        ax.set_title(stage, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _img(path: Path) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" style="max-width:100%">'
+
+
+def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[str]) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    teacher = next((r for r in rows if r["name"] == "teacher" and r["runtime"] == "pytorch-fp32"), None)
+    pareto = run_dir / "pareto.png"
+    pareto_plot(rows, pareto)
+    losses = run_dir / "losses.png"
+    has_losses = loss_plot(run_dir, losses)
+    table = _table(rows, teacher)
+    md = ["# Distillation report", "", f"Run: `{run_dir}`", "", "## Artifacts (measured side by side in one process)",
+          "", *table, "", *extra, "", "![pareto](pareto.png)", ""]
+    if has_losses:
+        md += ["![losses](losses.png)", ""]
+    md += ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    (run_dir / "report.md").write_text("\n".join(md))
+    body = io.StringIO()
+    body.write("<!doctype html><html><head><meta charset='utf-8'><title>Distillation report</title>"
+               "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+               "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+               "td:first-child,td:nth-child(2){text-align:left}</style></head><body>")
+    body.write(f"<h1>Distillation report</h1><p>Run: <code>{html.escape(str(run_dir))}</code></p>")
+    body.write("<h2>Artifacts</h2><table>")
+    for i, line in enumerate(table):
+        if i == 1:
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        body.write("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+    body.write("</table>")
+    for line in extra:
+        body.write(f"<p>{html.escape(line)}</p>")
+    body.write("<h2>Accuracy vs latency</h2>" + _img(pareto))
+    if has_losses:
+        body.write("<h2>Loss curves</h2>" + _img(losses))
+    body.write(f"<h2>Resolved config</h2><pre>{html.escape(config_yaml)}</pre></body></html>")
+    (run_dir / "report.html").write_text(body.getvalue())
+    (run_dir / "bench.json").write_text(json.dumps(rows, indent=1))
+    return run_dir / "report.md", run_dir / "report.html"
