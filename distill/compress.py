@@ -13,12 +13,12 @@ import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill import export as onnx_export
 from distill.batching import to_model_inputs
 from distill.context import RunContext
-from distill.distillation import _final_scores, _print_scores, prediction_stage, run_prediction
+from distill.distillation import _final_scores, _print_scores, cache_teacher_logits, prediction_stage, run_prediction
 from distill.evaluation import evaluate
 from distill.layer_map import build_layer_map
 from distill.objectives import DistillObjective
 from distill.prune import prune_model
-from distill.run import StageRun
+from distill.run import StageRun, announce_once
 from distill.trainer import train
 from teachers.finetune import finetune_teacher, load_finetuned, teacher_stage
 
@@ -34,7 +34,7 @@ def run_prune(ctx: RunContext) -> Path:
     source = run_prediction(ctx)
     stage = prune_stage(ctx)
     if stage.is_done():
-        _print_scores("pruned", stage.result())
+        announce_once(str(stage.dir), f"[pruned] reusing {stage.model_dir} (test {stage.result()['test']['score']:.4f})")
         return stage.model_dir
     teacher = load_finetuned(finetune_teacher(ctx))
     student = load_finetuned(source)
@@ -51,7 +51,7 @@ def run_prune(ctx: RunContext) -> Path:
     matches = build_layer_map(p.recovery_losses, cfg.task_distill.layer_map, pruned.config.num_hidden_layers,
                               teacher.config.num_hidden_layers, cfg.task_distill.layer_map_list)
     objective = DistillObjective(pruned, teacher, matches, temperature=cfg.task_distill.temperature)
-    train_set = ctx.tokenized["train"]
+    train_set = cache_teacher_logits(ctx, objective, teacher, ctx.tokenized["train"])
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "recovery")
     result = train(objective, ctx.loader("train", p.recovery.batch_size, True, train_set), p.recovery, stage.dir,
@@ -85,6 +85,11 @@ def _numpy_batches(loader, limit: int | None = None) -> list[dict[str, np.ndarra
     return out
 
 
+def pad_batch(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Right-pad every input to ``length`` tokens (pad id 0, attention mask 0)."""
+    return {k: np.pad(v, ((0, 0), (0, length - v.shape[1]))) for k, v in batch.items()}
+
+
 def _source_dir(ctx: RunContext, name: str) -> Path:
     if name == "teacher":
         return finetune_teacher(ctx)
@@ -99,14 +104,17 @@ def run_export(ctx: RunContext) -> Path:
     sources = {name: _source_dir(ctx, name) for name in e.models}
     stage = export_stage(ctx)
     if stage.is_done():
-        print(f"[export] reusing {stage.dir}")
+        announce_once(str(stage.dir), f"[export] reusing {stage.dir}")
         return stage.dir
     stage.start()
     dev_set = ctx.tokenized["dev"]
     if e.check_examples:
         dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
     check_batches = _numpy_batches(ctx.loader("dev", 64, dataset=dev_set))
-    calibration = _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)
+    # calibration batches share one shape (the percentile calibrator stacks them): pad to task.max_len
+    calibration = [pad_batch(b, ctx.cfg.task.max_len)
+                   for b in _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)]
+    calibration = [b for b in calibration if len(b["input_ids"]) == len(calibration[0]["input_ids"])]
     results = {}
     for name, folder in sources.items():
         results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, calibration,

@@ -119,7 +119,7 @@ class GeneralStageConfig:
     corpus: str = "wiki"  # wiki (embedded gensim excerpt) | text file or folder | datasets name
     max_len: int = 128  # tokens per sequence cut from the corpus
     max_sequences: int = 0  # cap the number of sequences; 0 = all
-    teacher: str = ""  # teacher for this stage; "" = the pretrained teacher (before task fine-tuning)
+    teacher: str = ""  # "" = the pretrained teacher (TinyBERT); task = this run's fine-tuned teacher; or a name/folder
     losses: dict[str, float] = field(
         default_factory=lambda: {"embedding_mse": 1.0, "attention_scores_mse": 1.0, "hidden_mse": 1.0})
     layer_map: str = "uniform"  # uniform | last | explicit: which teacher layer each student layer learns from
@@ -278,8 +278,9 @@ class ExperimentConfig:
         self.prune.validate("prune")
         self.export.validate("export")
         self.bench.validate("bench")
-        if "student-pruned" in self.export.models and not self.prune.enabled:
-            raise ConfigError("config key 'export.models': lists student-pruned but prune.enabled is false")
+        if self.export.enabled and "student-pruned" in self.export.models and not self.prune.enabled:
+            raise ConfigError("config key 'export.models': lists student-pruned but prune.enabled is false; "
+                              "set export.models=[student-task]")
 
     @property
     def run_dir(self) -> Path:

@@ -45,9 +45,17 @@ class MLMCollator:
 
 def general_stage(ctx: RunContext) -> StageRun:
     cfg = ctx.cfg
+    teacher = teacher_stage(ctx).fingerprint if cfg.general.teacher == "task" else cfg.general.teacher or cfg.teacher.name
     return StageRun(ctx.run_dir, "student-general", {
-        "teacher": cfg.general.teacher or cfg.teacher.name, "student": cfg.student, "general": cfg.general,
-        "seed": cfg.seed})
+        "teacher": teacher, "student": cfg.student, "general": cfg.general, "seed": cfg.seed})
+
+
+def general_teacher_name(ctx: RunContext) -> str:
+    """general.teacher: "" = the pretrained teacher, "task" = this run's fine-tuned teacher, else a name/folder."""
+    g = ctx.cfg.general
+    if g.teacher == "task":
+        return str(finetune_teacher(ctx))
+    return g.teacher or ctx.cfg.teacher.name
 
 
 def run_general(ctx: RunContext) -> Path:
@@ -56,7 +64,7 @@ def run_general(ctx: RunContext) -> Path:
     if stage.is_done():
         announce_once(str(stage.dir), f"[general] reusing {stage.model_dir}")
         return stage.model_dir
-    teacher_name = g.teacher or cfg.teacher.name
+    teacher_name = general_teacher_name(ctx)
     wants_mlm = any(name in MLM_LOSSES for name in g.losses)
     if wants_mlm and not has_mlm_head(teacher_name):
         raise ValueError(f"general.losses asks for {[n for n in g.losses if n in MLM_LOSSES]} but the teacher "
@@ -173,7 +181,7 @@ def run_prediction(ctx: RunContext) -> Path:
     start = run_intermediate(ctx)
     stage = prediction_stage(ctx)
     if stage.is_done():
-        _print_scores("student", stage.result())
+        announce_once(str(stage.dir), f"[student] reusing {stage.model_dir} (test {stage.result()['test']['score']:.4f})")
         return stage.model_dir
     teacher_dir = finetune_teacher(ctx)
     teacher = load_finetuned(teacher_dir)
@@ -183,9 +191,7 @@ def run_prediction(ctx: RunContext) -> Path:
     objective = DistillObjective(student, teacher, matches, temperature=t.temperature)
     train_set = _train_set(ctx, teacher_dir)
     stage.start()
-    if objective.output_only:
-        print(f"[prediction] teacher logits for {len(train_set)} examples (computed once, reused every epoch)")
-        train_set = with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d))
+    train_set = cache_teacher_logits(ctx, objective, teacher, train_set)
     data = ctx.data
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "prediction")
@@ -198,6 +204,14 @@ def run_prediction(ctx: RunContext) -> Path:
     stage.finish(scores)
     _print_scores("student", scores)
     return stage.model_dir
+
+
+def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, train_set):
+    """When only output losses are trained, the teacher runs once over the data instead of every epoch."""
+    if not objective.output_only:
+        return train_set
+    print(f"[teacher] logits for {len(train_set)} training examples, computed once and reused every epoch")
+    return with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d))
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
@@ -222,15 +236,15 @@ def run_baseline(ctx: RunContext) -> Path:
     t = cfg.task_distill
     stage = StageRun(ctx.run_dir, "student-baseline", {
         "student": cfg.student, "task": cfg.task, "seed": cfg.seed, "train": t.prediction,
-        "teacher": cfg.teacher.name, "general": general_stage(ctx).fingerprint if cfg.general.enabled else None})
+        "teacher": cfg.teacher.name})
     if stage.is_done():
         _print_scores("baseline", stage.result())
         return stage.model_dir
-    # the initial weights may come from the pretrained teacher (init=teacher), as for the distilled student
+    # no distillation anywhere: with init=teacher the layers come from the *pretrained* teacher (as when
+    # fine-tuning a truncated model), never from the fine-tuned one or a distilled general student
     teacher = load_backbone(cfg.teacher.name)
-    init = str(run_general(ctx)) if cfg.general.enabled else cfg.student.init
     student = build_student(student_shape(ctx), teacher, kind="classifier", label_names=ctx.data.label_names,
-                            init=init, init_layers=cfg.student.init_layers,
+                            init=cfg.student.init, init_layers=cfg.student.init_layers,
                             init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
     del teacher
     stage.start()

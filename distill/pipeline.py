@@ -22,7 +22,7 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
             raise ValueError(f"student.init=teacher: student FFN {shape.ffn} / layers {shape.layers} exceed the "
                              f"teacher's {teacher_cfg.intermediate_size} / {teacher_cfg.num_hidden_layers}")
     if cfg.general.enabled and any(n in MLM_LOSSES for n in cfg.general.losses):
-        name = cfg.general.teacher or cfg.teacher.name
+        name = cfg.teacher.name if cfg.general.teacher in ("", "task") else cfg.general.teacher
         if not has_mlm_head(name):
             raise ValueError(f"general.losses uses MLM terms but {name!r} has no MLM head; remove them or set "
                              "general.teacher to a masked-LM checkpoint")

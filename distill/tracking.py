@@ -10,6 +10,8 @@ from typing import Any
 
 def resolve_wandb_mode(mode: str) -> str:
     """auto -> WANDB_MODE if set, online if an API key is configured, else offline. Never needs the network."""
+    if os.environ.get("WANDB_MODE") == "":
+        del os.environ["WANDB_MODE"]  # wandb itself rejects an empty mode
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE"):

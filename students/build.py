@@ -123,6 +123,7 @@ def build_student(shape: StudentShape, teacher: PreTrainedModel, kind: str = "cl
                   init_layer_list: list[int] | tuple[int, ...] = (), seed: int = 42) -> PreTrainedModel:
     """A student of ``shape`` (or the shape stored in ``init`` when it is a folder)."""
     auto = _auto_class(kind)
+    torch.manual_seed(seed)  # fresh heads and random layers depend on the seed only
     if init not in ("random", "teacher"):
         folder = Path(init)
         if not (folder / "config.json").is_file():
@@ -133,7 +134,6 @@ def build_student(shape: StudentShape, teacher: PreTrainedModel, kind: str = "cl
             _set_labels(probe, label_names)
             kwargs = {"config": probe}
         return auto.from_pretrained(folder, **kwargs)
-    torch.manual_seed(seed)
     config = student_config(shape, teacher.config, label_names, kind)
     student = auto.from_config(config)
     if init == "teacher":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification
 
 from distill.context import RunContext
@@ -38,6 +39,7 @@ def finetune_teacher(ctx: RunContext) -> Path:
         return stage.model_dir
     stage.start()
     data = ctx.data
+    set_seed(cfg.seed)  # the new classifier head is drawn from the seed, whatever ran before in this process
     model = load_classifier(cfg.teacher.name, data.label_names)
     train_cfg = cfg.teacher.finetune
     dev = ctx.loader("dev", 64)

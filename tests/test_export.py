@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from distill import export as onnx_export
 from distill.batching import make_loader, to_model_inputs, tokenize
-from distill.compress import _numpy_batches, export_model
+from distill.compress import _numpy_batches, export_model, pad_batch
 from distill.data import load_local
 from distill.prune import prune_model
 
@@ -28,8 +28,9 @@ def decisive_teacher(tmp_path, tiny_teacher_dir, tokenizer):
 def test_every_format_is_checked_kept_and_loadable_without_our_code(tmp_path, decisive_teacher, tokenizer, task_folder):
     data = load_local(task_folder)
     batches = _numpy_batches(make_loader(tokenize(data.train, tokenizer, 32), tokenizer, 8, shuffle=False))
+    calibration = [pad_batch(b, 32) for b in batches[:4]]  # as run_export does: one shape for the calibrator
     results = export_model(decisive_teacher, tmp_path / "export", "student-task", list(onnx_export.TOLERANCE),
-                           batches, batches[:4], 32, tensorrt=True)
+                           batches, calibration, 32, tensorrt=True)
     assert set(results) == set(onnx_export.TOLERANCE)
     model = AutoModelForSequenceClassification.from_pretrained(decisive_teacher).eval()
     enc = tokenizer(["a wonderful film", "a dreadful film indeed"], padding=True, return_tensors="np")

@@ -22,13 +22,15 @@ def _cfg(tmp_path, teacher, task, *extra):
 
 
 def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, task_folder, capsys):
-    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder)
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.teacher=task", "student.init=teacher",
+               "student.hidden=32", "export.formats=[fp32, int8-dynamic]", "export.check_examples=8",
+               "bench.repeats=5", "bench.test_examples=8")
     pipeline.run_distill(cfg)
     run = cfg.run_dir
-    for stage in ("teacher", "student-general", "student-intermediate", "student-task"):
+    for stage in ("teacher", "student-general", "student-intermediate", "student-task", "student-pruned", "export"):
         assert (run / stage / "DONE").is_file(), stage
     student = AutoModelForSequenceClassification.from_pretrained(run / "student-task" / "model")
-    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 32
     assert student.config.id2label == {0: "neg", 1: "pos"}
     assert not any("projection" in k for k in student.state_dict())  # projections are not saved
     terms = json.loads((run / "student-intermediate" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -39,9 +41,13 @@ def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, tas
     capsys.readouterr()
     pipeline.run_distill(cfg)  # second run: everything reused
     out = capsys.readouterr().out
-    assert "reusing" in out
+    assert ": dev " not in out and "[bench]" in out  # nothing trained again; the report is rebuilt
     assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
-    changed = _cfg(tmp_path, tiny_teacher_dir, task_folder, "task_distill.temperature=3")
+    assert (run / "report.md").is_file() and (run / "report.html").is_file()
+    assert "student-pruned" in (run / "report.md").read_text()
+    changed = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.teacher=task", "student.init=teacher",
+                   "student.hidden=32", "export.formats=[fp32, int8-dynamic]", "export.check_examples=8",
+                   "bench.repeats=5", "bench.test_examples=8", "task_distill.temperature=3")
     with pytest.raises(StageConflictError, match="temperature"):
         pipeline.run_distill(changed)  # a finished artifact is never silently overwritten
     assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
@@ -50,7 +56,8 @@ def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, tas
 def test_mlm_teacher_triple_loss_and_mlm_augmentation(tmp_path, tiny_mlm_teacher_dir, task_folder):
     cfg = _cfg(tmp_path, tiny_mlm_teacher_dir, task_folder,
                "general.losses={mlm_soft_ce: 5.0, mlm: 2.0, hidden_cosine: 1.0}",
-               "task_distill.augment.enabled=true", "task_distill.augment.method=mlm", "task_distill.augment.copies=2")
+               "task_distill.augment.enabled=true", "task_distill.augment.method=mlm", "task_distill.augment.copies=2",
+               "prune.enabled=false", "export.enabled=false", "bench.repeats=5")
     pipeline.run_distill(cfg)
     terms = json.loads((cfg.run_dir / "student-general" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"mlm_soft_ce", "mlm", "hidden_cosine"} <= set(terms)
