@@ -30,6 +30,7 @@ class BenchRow:
     p95_ms: float
     p50_ms_real: float  # batch 1 at the task's real lengths (test examples)
     throughput_b32: float  # examples/s at batch 32, seq 128
+    throughput_b32_real: float  # examples/s at batch 32 over the test split at its real lengths
     size_mb: float
     params: int
     flops_128: int
@@ -82,14 +83,17 @@ def bench_one(name: str, path: Path, source_dir: Path, test_batches: list[dict],
               real_singles: list[dict], metric: str, threads: int, repeats: int = 50) -> BenchRow:
     torch.set_num_threads(threads)
     runner = Runner(name, path, threads)
+    runner(test_batches[0])  # warm-up
+    start = time.perf_counter()
     logits = np.concatenate([runner(b) for b in test_batches])
+    real_throughput = len(logits) / (time.perf_counter() - start)
     score = compute_metrics(logits, labels, metric)["score"]
     b1 = _time(runner, [synthetic(1, 128)], repeats, warmup=5)
     real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5)
     b32 = _time(runner, [synthetic(32, 128)], max(3, repeats // 10), warmup=1)
     source = AutoModelForSequenceClassification.from_pretrained(source_dir)
     return BenchRow(name, runner.runtime, score, metric, float(np.percentile(b1, 50)), float(np.percentile(b1, 95)),
-                    float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)),
+                    float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)), real_throughput,
                     folder_size_mb(Path(path) if Path(path).suffix == ".onnx" else Path(path)),
                     sum(p.numel() for p in source.parameters()), encoder_flops(source, 128))
 
@@ -126,7 +130,7 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     if cfg.bench.test_examples:
         test = test.select(range(min(cfg.bench.test_examples, len(test))))
     batches, labels = [], []
-    for batch in ctx.loader("test", 64, dataset=test):
+    for batch in ctx.loader("test", 32, dataset=test):
         batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
         labels.append(batch["labels"].numpy())
     singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
@@ -142,4 +146,13 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
              "runs after 5 warm-up runs; 'real lengths' uses 100 test examples at their own lengths."]
     md, page = write_report(ctx.run_dir, rows, yaml.safe_dump(to_dict(cfg), sort_keys=False), extra)
     print(f"[bench] report: {md} and {page}")
+    tracker = ctx.tracker(ctx.run_dir / "bench", "bench")
+    for row in rows:
+        tracker.summary({f"{row['name']}/{row['runtime']}/{k}": v for k, v in row.items()
+                         if isinstance(v, (int, float))})
+    folders = {name: folder for name, folder in sources.items()}
+    if cfg.export.enabled:
+        folders.update({p.parent.name: p.parent for _, p, _ in artifacts if p.suffix == ".onnx"})
+    tracker.log_artifacts(folders)
+    tracker.finish()
     return rows

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from distill.batching import make_loader, tokenize
 from distill.config import ExperimentConfig, save_config, to_dict
 from distill.data import TaskData, load_task
-from distill.tracking import Tracker
+from distill.tracking import Tracker, git_commit
 
 
 class RunContext:
@@ -42,7 +42,8 @@ class RunContext:
                            shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers)
 
     def tracker(self, stage_dir: Path, stage: str) -> Tracker:
-        return Tracker(stage_dir, stage, config=to_dict(self.cfg), project=self.cfg.wandb_project,
+        return Tracker(stage_dir, stage, config={**to_dict(self.cfg), "git_commit": git_commit()},
+                       project=self.cfg.wandb_project,
                        group=f"{self.cfg.name}-{self.cfg.run_id}", mode=self.cfg.wandb_mode, run_dir=self.run_dir)
 
     def saver(self, tokenizer: PreTrainedTokenizerBase | None = None):

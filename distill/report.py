@@ -19,13 +19,13 @@ STAGES = ("teacher", "student-general", "student-intermediate", "student-task", 
 
 def _table(rows: list[dict], teacher: dict | None) -> list[str]:
     head = ("| artifact | runtime | test score | vs teacher | p50 ms (b1, s128) | p95 ms | p50 ms (real lengths) | "
-            "ex/s (b32, s128) | speed-up | size MB | params | GFLOPs@128 |")
-    lines = [head, "|" + "---|" * 12]
+            "ex/s (b32, s128) | ex/s (b32, real) | speed-up | size MB | params | GFLOPs@128 |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         rel = f"{r['score'] / teacher['score']:.1%}" if teacher and teacher["score"] else ""
         speed = f"{teacher['p50_ms'] / r['p50_ms']:.1f}x" if teacher else ""
         lines.append(f"| {r['name']} | {r['runtime']} | {r['score']:.4f} | {rel} | {r['p50_ms']:.1f} | "
-                     f"{r['p95_ms']:.1f} | {r['p50_ms_real']:.1f} | {r['throughput_b32']:.0f} | {speed} | "
+                     f"{r['p95_ms']:.1f} | {r['p50_ms_real']:.1f} | {r['throughput_b32']:.0f} | {r['throughput_b32_real']:.0f} | {speed} | "
                      f"{r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} |")
     return lines
 

@@ -52,6 +52,17 @@ class Tracker:
             self._wandb.log({f"{self.stage}/{k}": v for k, v in metrics.items()
                              if isinstance(v, (int, float))}, step=step)
 
+    def log_artifacts(self, folders: dict[str, Path], kind: str = "model") -> None:
+        """Model folders (student checkpoints, ONNX exports) as wandb artifacts; offline runs sync them later."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        for name, folder in folders.items():
+            artifact = wandb.Artifact(name.replace("/", "-"), type=kind)
+            artifact.add_dir(str(folder))
+            self._wandb.log_artifact(artifact)
+
     def summary(self, metrics: dict[str, Any]) -> None:
         if self._wandb is not None:
             self._wandb.summary.update({f"{self.stage}/{k}": v for k, v in metrics.items()})
@@ -60,6 +71,22 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit the code runs from ("unknown" outside a git checkout), with a -dirty mark."""
+    import subprocess
+
+    cwd = str(path or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if sha.returncode != 0:
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def read_metrics(path: Path) -> list[dict]:

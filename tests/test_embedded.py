@@ -24,7 +24,7 @@ def test_real_teacher_learns_the_real_task_in_a_few_steps(tmp_path):
     pipeline.run_teacher(cfg)
     result = json.loads((cfg.run_dir / "teacher" / "result.json").read_text())
     assert result["steps"] == 80
-    assert result["dev"]["accuracy"] > 0.66  # majority class is 58%: the real teacher really learned
+    assert result["dev"]["accuracy"] > 0.70  # majority class is 58% (78% measured here after 80 steps)
     model = AutoModelForSequenceClassification.from_pretrained(cfg.run_dir / "teacher" / "model")
     assert model.config.id2label == {0: "rotten", 1: "fresh"}
 
