@@ -21,6 +21,12 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
         if shape.ffn > teacher_cfg.intermediate_size or shape.layers > teacher_cfg.num_hidden_layers:
             raise ValueError(f"student.init=teacher: student FFN {shape.ffn} / layers {shape.layers} exceed the "
                              f"teacher's {teacher_cfg.intermediate_size} / {teacher_cfg.num_hidden_layers}")
+    score_losses = [f"{section}.attention_scores_mse" for section, losses in (
+        ("general.losses", cfg.general.losses if cfg.general.enabled else {}),
+        ("task_distill.intermediate_losses", cfg.task_distill.intermediate_losses)) if "attention_scores_mse" in losses]
+    if score_losses and shape.heads != teacher_cfg.num_attention_heads:
+        raise ValueError(f"{score_losses[0]} compares attention maps head by head, but the student has {shape.heads} "
+                         f"heads and the teacher {teacher_cfg.num_attention_heads}; use attention_kl instead")
     if cfg.general.enabled and any(n in MLM_LOSSES for n in cfg.general.losses):
         name = cfg.teacher.name if cfg.general.teacher in ("", "task") else cfg.general.teacher
         if not has_mlm_head(name):

@@ -74,3 +74,10 @@ def test_mlm_losses_without_mlm_head_fail_before_training(tmp_path, tiny_teacher
                "task_distill.augment.enabled=true", "task_distill.augment.method=mlm")
     with pytest.raises(ValueError, match="augment.method=embedding"):
         pipeline.run_distill(cfg)
+
+
+def test_head_mismatch_for_attention_scores_fails_before_the_teacher_trains(tmp_path, tiny_teacher_dir, task_folder):
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "student.heads=2")  # teacher has 4 heads
+    with pytest.raises(ValueError, match="use attention_kl"):
+        pipeline.run_distill(cfg)
+    assert not (cfg.run_dir / "teacher").exists()
