@@ -13,10 +13,9 @@ import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill import export as onnx_export
 from distill.batching import to_model_inputs
 from distill.context import RunContext
-from distill.distillation import _final_scores, _print_scores, cache_teacher_logits, prediction_stage, run_prediction
+from distill.distillation import (_final_scores, _print_scores, cache_teacher_logits, prediction_stage, run_prediction,
+                                  task_objective)
 from distill.evaluation import evaluate
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective
 from distill.prune import prune_model
 from distill.run import StageRun, announce_once
 from distill.trainer import train
@@ -48,9 +47,7 @@ def run_prune(ctx: RunContext) -> Path:
     after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data.metric)
     print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
           f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
-    matches = build_layer_map(p.recovery_losses, cfg.task_distill.layer_map, pruned.config.num_hidden_layers,
-                              teacher.config.num_hidden_layers, cfg.task_distill.layer_map_list)
-    objective = DistillObjective(pruned, teacher, matches, temperature=cfg.task_distill.temperature)
+    objective = task_objective(ctx, p.recovery_losses, pruned, teacher)
     train_set = cache_teacher_logits(ctx, objective, teacher, ctx.tokenized["train"])
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "recovery")

@@ -37,9 +37,9 @@ class RunContext:
         return {split: tokenize(getattr(self.data, split), self.tokenizer, self.cfg.task.max_len)
                 for split in ("train", "dev", "test")}
 
-    def loader(self, split: str, batch_size: int, shuffle: bool = False, dataset=None):
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, dataset=None, collator=None):
         return make_loader(dataset if dataset is not None else self.tokenized[split], self.tokenizer, batch_size,
-                           shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers)
+                           shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers, collator=collator)
 
     def tracker(self, stage_dir: Path, stage: str) -> Tracker:
         return Tracker(stage_dir, stage, config={**to_dict(self.cfg), "git_commit": git_commit()},

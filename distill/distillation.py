@@ -83,8 +83,7 @@ def run_general(ctx: RunContext) -> Path:
     print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens from {g.corpus}; student "
           f"{count_parameters(student) / 1e6:.1f}M params; layer map:\n{describe(matches)}")
     collator = MLMCollator(ctx.tokenizer, g.mlm_probability) if wants_mlm else None
-    loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences) if collator is None else \
-        _loader_with(ctx, sequences, g.train.batch_size, collator)
+    loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)
     tracker = ctx.tracker(stage.dir, "general")
     result = train(objective, loader, g.train, stage.dir, save_model=ctx.saver(), tracker=tracker,
                    seed=cfg.seed, desc="general")
@@ -93,13 +92,6 @@ def run_general(ctx: RunContext) -> Path:
     tracker.finish()
     stage.finish({"steps": result.step, "sequences": len(sequences), "final": final})
     return stage.model_dir
-
-
-def _loader_with(ctx: RunContext, dataset, batch_size: int, collator):
-    from distill.batching import make_loader
-
-    return make_loader(dataset, ctx.tokenizer, batch_size, shuffle=True, seed=ctx.cfg.seed,
-                       num_workers=ctx.cfg.num_workers, collator=collator)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,6 +129,14 @@ def prediction_stage(ctx: RunContext) -> StageRun:
         "augment": cfg.task_distill.augment.enabled})
 
 
+def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher) -> DistillObjective:
+    """Task-stage distillation (2a, 2b, recovery): the configured layer map and temperature."""
+    t = ctx.cfg.task_distill
+    matches = build_layer_map(losses, t.layer_map, student.config.num_hidden_layers,
+                              teacher.config.num_hidden_layers, t.layer_map_list)
+    return DistillObjective(student, teacher, matches, temperature=t.temperature)  # validates before training
+
+
 def _train_set(ctx: RunContext, teacher_dir: Path):
     aug = ctx.cfg.task_distill.augment
     if not aug.enabled:
@@ -159,12 +159,11 @@ def run_intermediate(ctx: RunContext) -> Path:
         ctx.saver()(student, stage.model_dir)
         stage.finish({"skipped": "no intermediate_losses", "init": init})
         return stage.model_dir
-    matches = build_layer_map(t.intermediate_losses, t.layer_map, student.config.num_hidden_layers,
-                              teacher.config.num_hidden_layers, t.layer_map_list)
-    objective = DistillObjective(student, teacher, matches, temperature=t.temperature)  # checks before training
+    objective = task_objective(ctx, t.intermediate_losses, student, teacher)
     train_set = _train_set(ctx, teacher_dir)
     stage.start()
-    print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n{describe(matches)}")
+    print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n"
+          f"{describe(objective.matches)}")
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
                    stage.dir, save_model=ctx.saver(), tracker=tracker, seed=cfg.seed, desc="2a intermediate")
@@ -186,9 +185,7 @@ def run_prediction(ctx: RunContext) -> Path:
     teacher_dir = finetune_teacher(ctx)
     teacher = load_finetuned(teacher_dir)
     student = load_finetuned(start)
-    matches = build_layer_map(t.prediction_losses, t.layer_map, student.config.num_hidden_layers,
-                              teacher.config.num_hidden_layers, t.layer_map_list)
-    objective = DistillObjective(student, teacher, matches, temperature=t.temperature)
+    objective = task_objective(ctx, t.prediction_losses, student, teacher)
     train_set = _train_set(ctx, teacher_dir)
     stage.start()
     train_set = cache_teacher_logits(ctx, objective, teacher, train_set)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -197,8 +196,3 @@ def build_tensorrt_engine(onnx_path: Path, precision: str, max_len: int, max_bat
     path.write_bytes(engine)
     return path
 
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

@@ -43,12 +43,6 @@ def _shape(model: nn.Module) -> tuple[list[int], list[int]]:
     return heads, [layer.intermediate.dense.out_features for layer in layers]
 
 
-def ratio_for_flops(model: nn.Module, target_flops_ratio: float, seq_len: int = 128) -> float:
-    """Every FLOP term of a layer is linear in its head count or FFN width, so pruning both by r
-    leaves (1 - r) of the prunable FLOPs."""
-    return 1.0 - target_flops_ratio
-
-
 def _accumulate_taylor_grads(model: nn.Module, loader: DataLoader, batches: int) -> None:
     """Gradients of the task loss over a few batches, for first-order Taylor importance |w * dL/dw|."""
     model.zero_grad(set_to_none=True)

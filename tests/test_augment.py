@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 from transformers import AutoModel
 
 from distill import assets

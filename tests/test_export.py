@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from distill import export as onnx_export
-from distill.batching import make_loader, to_model_inputs, tokenize
+from distill.batching import make_loader, tokenize
 from distill.compress import _numpy_batches, export_model, pad_batch
 from distill.data import load_local
 from distill.prune import prune_model
