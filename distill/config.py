@@ -410,7 +410,9 @@ def _parse_override(text: str, cls: type) -> tuple[list[str], Any]:
             raise ConfigError(f"config key '{'.'.join(path[:i + 1])}': '{'.'.join(path[:i])}' has no sub-keys")
         hints = _field_types(tp)
         if part not in hints:
-            raise ConfigError(f"config key '{'.'.join(path[:i + 1])}': unknown key; valid keys: {list(hints)}")
+            close = difflib.get_close_matches(part, list(hints), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {list(hints)}"
+            raise ConfigError(f"config key '{'.'.join(path[:i + 1])}': unknown key{hint}")
         tp = hints[part]
     if tp is str:
         return path, raw
