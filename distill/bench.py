@@ -5,7 +5,6 @@ Threads are fixed (torch and ONNX Runtime alike) and every model is warmed up be
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,9 +97,6 @@ def bench_one(name: str, path: Path, source_dir: Path, test_batches: list[dict],
                     sum(p.numel() for p in source.parameters()), encoder_flops(source, 128))
 
 
-def write_bench(rows: list[BenchRow], path: Path) -> None:
-    path.write_text(json.dumps([asdict(r) for r in rows], indent=1))
-
 
 def run_bench(ctx, threads: int = 0) -> list[dict]:
     """Teacher, students and every exported artifact of the run, on the test split, side by side."""
@@ -150,7 +146,7 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     for row in rows:
         tracker.summary({f"{row['name']}/{row['runtime']}/{k}": v for k, v in row.items()
                          if isinstance(v, (int, float))})
-    folders = {name: folder for name, folder in sources.items()}
+    folders = dict(sources)
     if cfg.export.enabled:
         folders.update({p.parent.name: p.parent for _, p, _ in artifacts if p.suffix == ".onnx"})
     tracker.log_artifacts(folders)

@@ -19,10 +19,9 @@ class LayerAttention:
     value: torch.Tensor  # (batch, seq, heads * head_dim)
     heads: int
 
-    def split(self, x: torch.Tensor, heads: int | None = None) -> torch.Tensor:
-        heads = heads or self.heads
+    def split(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
-        return x.view(b, s, heads, d // heads).transpose(1, 2)  # (batch, heads, seq, head_dim)
+        return x.view(b, s, self.heads, d // self.heads).transpose(1, 2)  # (batch, heads, seq, head_dim)
 
     def scores(self) -> torch.Tensor:
         """Pre-softmax attention scores, no mask applied: (batch, heads, seq, seq)."""

@@ -29,7 +29,3 @@ def encoder_flops(model: nn.Module, seq_len: int = 128) -> int:
         macs += 2 * seq_len * d_model * ffn
         total += 2 * macs
     return total
-
-
-def encoder_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for layer in _encoder_layers(model) for p in layer.parameters())
