@@ -61,6 +61,9 @@ class TaskConfig:
     max_train_examples: int = 0  # cap the training split (quick runs); 0 = all
     max_eval_examples: int = 0  # cap dev and test splits; 0 = all
     data_dir: str = ""  # glue/<task> only: a local folder with the hub's train.*/validation.* files
+    # auto: fractional numbers are a regression score, anything else (text, integers) names classes;
+    # the decision is printed when the data loads. Set it when integer labels are really a score.
+    type: Literal["auto", "classification", "regression"] = "auto"
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.name), f"{prefix}.name", "must not be empty")

@@ -53,6 +53,7 @@ class TaskData:
     test: Dataset
     label_names: list[str] | None  # None for regression
     metric: str  # accuracy | f1 | mcc | pearson
+    note: str = ""  # how the labels were read (classification or regression, and why), printed when loaded
 
     @property
     def is_regression(self) -> bool:
@@ -89,7 +90,7 @@ def load_rotten_tomatoes() -> TaskData:
     frame = frame[frame["text"].str.len() > 0].drop_duplicates(subset=["text"]).sort_values("text", kind="stable")
     train, dev, test = _split_80_10_10(frame, stratify=True)
     return TaskData("rotten_tomatoes", _to_dataset(train), _to_dataset(dev), _to_dataset(test),
-                    ["rotten", "fresh"], "accuracy")
+                    ["rotten", "fresh"], "accuracy", "classification with 2 classes [rotten, fresh] (embedded task)")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -113,65 +114,136 @@ def _find_split(folder: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _encode_labels(frames: list[pd.DataFrame], source: str) -> tuple[list[pd.DataFrame], list[str] | None]:
-    """String labels -> ids sorted by name; ints kept (names '0'..); floats -> regression (None)."""
-    values = pd.concat([f["label"] for f in frames])
-    if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values.to_numpy(), 1) == 0):
-        return [f.assign(label=f["label"].astype(np.float32)) for f in frames], None
-    if pd.api.types.is_numeric_dtype(values):
-        ints = values.astype(int)
-        if ints.min() < 0:
-            raise DataError(f"{source}: integer labels must be >= 0 (found {ints.min()}); "
-                            "unlabelled rows (-1) belong in no split")
-        names = [str(i) for i in range(int(ints.max()) + 1)]
-        return [f.assign(label=f["label"].astype(int)) for f in frames], names
-    names = sorted(values.astype(str).unique())
-    index = {n: i for i, n in enumerate(names)}
-    return [f.assign(label=f["label"].astype(str).map(index)) for f in frames], names
+def _require_rows(frame: pd.DataFrame, source: Path | str) -> None:
+    if len(frame) == 0:
+        raise DataError(f"{source}: no data rows (only a header?); every split file needs labelled rows, "
+                        "or leave the file out and the split is carved from train")
+
+
+def _is_number_like(names: list[str]) -> bool:
+    try:
+        [float(n) for n in names]
+    except ValueError:
+        return False
+    return True
+
+
+def _number_name(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _encode_labels(frames: list[pd.DataFrame], source: str,
+                   task_type: str = "auto") -> tuple[list[pd.DataFrame], list[str] | None, str]:
+    """Labels -> (frames with int class ids or float scores, class names or None, the decision in words).
+
+    Classes are the values present, named as they are ('1'..'5' for star ratings, 'neg'/'pos' for text),
+    in numeric order when they are numbers, else sorted by name. ``task_type``: auto | classification |
+    regression; auto takes fractional numbers as a regression score and anything else as classes."""
+    values = pd.concat([f["label"] for f in frames], ignore_index=True)
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if task_type == "regression":
+        scores = pd.to_numeric(values, errors="coerce") if not numeric else values
+        if scores.isna().any():
+            bad = sorted(set(values[scores.isna()].astype(str)))[:3]
+            raise DataError(f"{source}: task.type=regression needs numeric labels, found {bad}; "
+                            "set task.type=classification (or auto)")
+        return ([f.assign(label=pd.to_numeric(f["label"]).astype(np.float32)) for f in frames], None,
+                "regression (task.type=regression)")
+    fractional = numeric and not np.all(np.mod(values.to_numpy(dtype=float), 1) == 0)
+    if task_type == "auto" and fractional:
+        return ([f.assign(label=f["label"].astype(np.float32)) for f in frames], None,
+                "regression: the labels are fractional numbers (task.type=auto; set task.type=classification "
+                "to make each value a class)")
+    if numeric:
+        if task_type == "auto" and values.min() < 0:
+            raise DataError(f"{source}: negative label {values.min():g}; unlabelled rows (-1) belong in no split "
+                            "(drop them), or set task.type=classification if negative values are real classes")
+        classes = sorted(float(v) for v in values.unique())
+        names = [_number_name(v) for v in classes]
+        index = {v: i for i, v in enumerate(classes)}
+        encoded = [f.assign(label=f["label"].astype(float).map(index).astype(int)) for f in frames]
+        kind = "numbers"
+    else:
+        texts = values.astype(str).str.strip()
+        names = sorted(texts.unique(), key=float if _is_number_like(list(texts.unique())) else None)
+        index = {n: i for i, n in enumerate(names)}
+        encoded = [f.assign(label=f["label"].astype(str).str.strip().map(index).astype(int)) for f in frames]
+        kind = "text"
+    if len(names) < 2:
+        raise DataError(f"{source}: every row has the label {names[0]!r}; a classifier needs at least two classes")
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    how = "task.type=classification" if task_type == "classification" else \
+        f"task.type=auto: {kind} labels; set task.type=regression for a score"
+    return encoded, names, f"classification with {len(names)} classes [{shown}] ({how})"
 
 
 def _check_columns(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
+    _require_rows(frame, source)
     missing = [c for c in ("text", "label") if c not in frame.columns]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; a task file needs 'text', 'label' and "
                         f"optionally 'text_pair' (found {list(frame.columns)})")
-    if frame["label"].isna().any():
-        raise DataError(f"{source}: {int(frame['label'].isna().sum())} rows have no label; drop them first")
+    labels = frame["label"]
+    blank = labels.isna() | labels.map(lambda v: isinstance(v, str) and not v.strip())
+    if blank.any():
+        first = int(np.flatnonzero(blank.to_numpy())[0]) + 1
+        raise DataError(f"{source}: {int(blank.sum())} rows have a blank label (first: data row {first}); "
+                        "fill in their labels or delete those rows")
     frame = frame.assign(text=frame["text"].astype(str))
     if "text_pair" in frame.columns:
         frame = frame.assign(text_pair=frame["text_pair"].astype(str))
     return frame
 
 
-def load_local(path: Path) -> TaskData:
-    """One file (split 80/10/10) or a folder with train.* and optional dev.*/validation.* and test.*."""
+def _carve(frame: pd.DataFrame, size: float, stratify: bool, source: Path | str,
+           what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``size`` of ``frame`` off (stratified by label for classification), with a clear error."""
+    try:
+        return train_test_split(frame, test_size=size, random_state=SPLIT_SEED,
+                                stratify=frame["label"] if stratify else None)
+    except ValueError as err:
+        raise DataError(f"{source}: cannot carve {what} out of {len(frame)} rows ({err}); add rows for "
+                        "every label or provide the split as its own file") from None
+
+
+def load_local(path: Path, task_type: str = "auto") -> TaskData:
+    """One file (split 80/10/10) or a folder with train.* and optional dev.*/validation.* and test.*.
+
+    A folder's dev file is the dev split and its test file the test split; a missing one is carved from
+    train (10%, stratified), both when neither is given (80/10/10)."""
     if path.is_file():
         frame = _check_columns(_read_table(path), path)
-        (frame,), names = _encode_labels([frame], str(path))
-        train, dev, test = _split_80_10_10(frame, stratify=names is not None)
+        (frame,), names, note = _encode_labels([frame], str(path), task_type)
+        stratify = names is not None
+        train, rest = _carve(frame, 0.2, stratify, path, "dev and test")
+        dev, test = _carve(rest, 0.5, stratify, path, "dev and test")
     else:
-        train_path = _find_split(path, ("train",))
-        if train_path is None:
+        found = {"train": _find_split(path, ("train",)), "dev": _find_split(path, ("dev", "validation", "valid")),
+                 "test": _find_split(path, ("test",))}
+        if found["train"] is None:
             raise DataError(f"{path}: no train.csv/.tsv/.jsonl/.parquet in this folder")
-        dev_path = _find_split(path, ("dev", "validation", "valid"))
-        test_path = _find_split(path, ("test",))
-        frames = [_check_columns(_read_table(p), p) for p in (train_path, dev_path, test_path) if p is not None]
-        frames, names = _encode_labels(frames, str(path))
-        train = frames[0]
-        if dev_path is None or test_path is None:
-            stratify = names is not None
-            held = frames[1] if len(frames) > 1 else None
-            if held is None:
-                train, dev, test = _split_80_10_10(train, stratify)
-            else:  # one held-out file: it is the test split, dev comes from train
-                train, dev = train_test_split(train, test_size=0.1, random_state=SPLIT_SEED,
-                                              stratify=train["label"] if stratify else None)
-                test = held
+        found = {split: p for split, p in found.items() if p is not None}
+        checked = [_check_columns(_read_table(p), p) for p in found.values()]
+        encoded, names, note = _encode_labels(checked, str(path), task_type)
+        frames = dict(zip(found, encoded))
+        stratify = names is not None
+        train = frames["train"]
+        if "dev" in frames and "test" in frames:
+            dev, test = frames["dev"], frames["test"]
+        elif "dev" in frames:
+            train, test = _carve(train, 0.1, stratify, found["train"], "a test split")
+            dev = frames["dev"]
+            note += f"; test split: 10% of {found['train'].name}"
+        elif "test" in frames:
+            train, dev = _carve(train, 0.1, stratify, found["train"], "a dev split")
+            test = frames["test"]
+            note += f"; dev split: 10% of {found['train'].name}"
         else:
-            dev, test = frames[1], frames[2]
+            train, rest = _carve(train, 0.2, stratify, found["train"], "dev and test")
+            dev, test = _carve(rest, 0.5, stratify, found["train"], "dev and test")
     metric = "accuracy" if names is not None else "pearson"
     return TaskData(path.stem if path.is_file() else path.name, _to_dataset(train), _to_dataset(dev),
-                    _to_dataset(test), names, metric)
+                    _to_dataset(test), names, metric, note)
 
 
 def load_glue(task: str, data_dir: str | Path | None = None) -> TaskData:
@@ -187,6 +259,8 @@ def load_glue(task: str, data_dir: str | Path | None = None) -> TaskData:
         if None in files.values():
             raise DataError(f"{folder}: a local GLUE folder needs train.* and validation.* files")
         raw = {split: _read_table(p) for split, p in files.items()}
+        for split, frame in raw.items():
+            _require_rows(frame, files[split])
     else:
         hub = load_dataset(GLUE_HUB, task)
         val = "validation_matched" if task == "mnli" else "validation"
@@ -207,23 +281,54 @@ def load_glue(task: str, data_dir: str | Path | None = None) -> TaskData:
     dev_size = min(0.1, 2000 / max(len(train_all), 1))
     train, dev = train_test_split(train_all, test_size=dev_size, random_state=SPLIT_SEED,
                                   stratify=train_all["label"] if names else None)
-    return TaskData(f"glue/{task}", _to_dataset(train), _to_dataset(dev), _to_dataset(test), names, metric)
+    kind = "regression" if names is None else f"classification with {len(names)} classes [{', '.join(names)}]"
+    return TaskData(f"glue/{task}", _to_dataset(train), _to_dataset(dev), _to_dataset(test), names, metric,
+                    f"{kind} (GLUE {task})")
+
+
+def sample_rows(dataset: Dataset, n: int, stratify: bool) -> Dataset:
+    """``n`` rows drawn with a fixed seed, in their original order; with ``stratify`` every class keeps
+    its share (largest remainders), so a file sorted by label still gives a representative cap."""
+    if n >= len(dataset):
+        return dataset
+    rng = np.random.default_rng(SPLIT_SEED)
+    if not stratify:
+        return dataset.select(np.sort(rng.choice(len(dataset), n, replace=False)).tolist())
+    labels = np.asarray(dataset["label"])
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[:n - quota.sum()]:
+        quota[i] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)]
+    return dataset.select(np.sort(np.concatenate(picked)).tolist())
+
+
+def _check_type(cfg: TaskConfig, label_names: list[str] | None) -> None:
+    actual = "classification" if label_names is not None else "regression"
+    if cfg.type not in ("auto", actual):
+        raise DataError(f"config key 'task.type': {cfg.name} is a {actual} task, not {cfg.type}; "
+                        f"set task.type=auto or {actual}")
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
     name = cfg.name
     if name == "rotten_tomatoes":
         data = load_rotten_tomatoes()
+        _check_type(cfg, data.label_names)
     elif name.startswith("glue/"):
         data = load_glue(name.split("/", 1)[1], cfg.data_dir or None)
+        _check_type(cfg, data.label_names)
     elif Path(name).exists():
-        data = load_local(Path(name))
+        data = load_local(Path(name), cfg.type)
     else:
         raise DataError(f"task.name {name!r} is neither 'rotten_tomatoes', 'glue/<task>' nor an existing "
                         "file or folder with text/label columns")
+    stratify = not data.is_regression
     if cfg.max_train_examples:
-        data.train = data.train.select(range(min(cfg.max_train_examples, len(data.train))))
+        data.train = sample_rows(data.train, cfg.max_train_examples, stratify)
     if cfg.max_eval_examples:
-        data.dev = data.dev.select(range(min(cfg.max_eval_examples, len(data.dev))))
-        data.test = data.test.select(range(min(cfg.max_eval_examples, len(data.test))))
+        data.dev = sample_rows(data.dev, cfg.max_eval_examples, stratify)
+        data.test = sample_rows(data.test, cfg.max_eval_examples, stratify)
+    print(f"[data] {data.name}: {data.note}; {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test")
     return data

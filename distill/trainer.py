@@ -107,6 +107,8 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
     objective.to(accelerator.device)
     model = objective.trainable
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    if len(loader) == 0:
+        raise ValueError(f"{desc}: no training batches (the training set is empty); check the task data or corpus")
     steps = total_steps(cfg, len(loader))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

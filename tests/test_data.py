@@ -2,6 +2,7 @@ import collections
 
 import pandas as pd
 import pytest
+from datasets import Dataset
 
 from distill.batching import LengthGroupedBatchSampler, make_loader, tokenize
 from distill.config import TaskConfig
@@ -121,3 +122,138 @@ def test_dynamic_padding_pads_each_batch_to_its_own_longest(rotten, tokenizer):
         assert batch["attention_mask"][:, -1].any()  # no all-padding column
     counts = collections.Counter(int(v) for b in loader for v in b["labels"])
     assert sum(counts.values()) == 64
+
+
+# ------------------------------------------------------------------------------------------------
+# labels, splits and caps that used to be silently wrong
+
+
+def _write(folder, name, rows):
+    pd.DataFrame(rows).to_csv(folder / name, index=False)
+
+
+def test_blank_label_cell_is_a_missing_label_not_a_class(tmp_path):
+    rows = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    rows[7]["label"] = ""
+    rows[9]["label"] = "  "
+    _write(tmp_path, "train.csv", rows)
+    with pytest.raises(DataError, match=r"train\.csv: 2 rows have a blank label \(first: data row 8\).*fill in"):
+        load_local(tmp_path)
+
+
+def test_blank_label_in_a_jsonl_file_is_a_missing_label(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(20)] + [{"text": "x", "label": None}]
+    pd.DataFrame(rows).to_json(tmp_path / "all.jsonl", orient="records", lines=True)
+    with pytest.raises(DataError, match="1 rows have a blank label"):
+        load_local(tmp_path / "all.jsonl")
+
+
+def test_integer_labels_are_the_values_present_named_as_they_are(tmp_path):
+    rows = [{"text": f"review {i}", "label": i % 5 + 1} for i in range(100)]  # star ratings 1..5
+    _write(tmp_path, "stars.csv", rows)
+    data = load_local(tmp_path / "stars.csv")
+    assert data.label_names == ["1", "2", "3", "4", "5"] and data.num_labels == 5
+    for split in (data.train, data.dev, data.test):
+        for row in split:
+            assert data.label_names[row["label"]] == str(int(row["text"].split()[1]) % 5 + 1)
+
+
+def test_text_labels_that_are_numbers_sort_by_value(tmp_path):
+    rows = [{"text": f"t{i}", "label": str([2, 10, 1][i % 3])} for i in range(30)]
+    pd.DataFrame(rows).to_json(tmp_path / "x.jsonl", orient="records", lines=True)
+    assert load_local(tmp_path / "x.jsonl").label_names == ["1", "2", "10"]
+
+
+def test_header_only_train_file_is_a_clear_error(task_folder):
+    (task_folder / "train.csv").write_text("text,label\n")
+    with pytest.raises(DataError, match=r"train\.csv: no data rows"):
+        load_local(task_folder)
+
+
+def test_empty_training_loader_is_refused_by_the_trainer(tmp_path, tiny_teacher_dir, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.config import TrainConfig
+    from distill.objectives import FineTuneObjective
+    from distill.trainer import train
+
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader([], batch_size=4)  # before the guard: steps = max(1, 0) and the epochs never end
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    with pytest.raises(ValueError, match="no training batches"):
+        train(FineTuneObjective(model), loader, TrainConfig(), tmp_path, save_model=lambda m, f: None)
+
+
+def test_folder_with_train_and_dev_keeps_dev_as_dev_and_carves_test_from_train(task_folder):
+    (task_folder / "test.jsonl").unlink()
+    data = load_local(task_folder)
+    dev_file = pd.read_csv(task_folder / "dev.csv")
+    assert data.dev["text"] == dev_file["text"].tolist()
+    train_file = set(pd.read_csv(task_folder / "train.csv")["text"])
+    assert set(data.test["text"]) <= train_file and len(data.test) == 4  # 10% of 40
+    assert not set(data.test["text"]) & set(data.train["text"])
+    assert len(data.train) == 36 and "test split: 10% of train.csv" in data.note
+
+
+def test_folder_with_train_and_test_keeps_test_and_carves_dev_from_train(task_folder):
+    (task_folder / "dev.csv").unlink()
+    data = load_local(task_folder)
+    assert data.test["text"] == pd.read_json(task_folder / "test.jsonl", lines=True)["text"].tolist()
+    assert set(data.dev["text"]) <= set(pd.read_csv(task_folder / "train.csv")["text"])
+
+
+def _sorted_by_label(tmp_path):
+    """Rows sorted by label (first all 'a', then 'b'), as exported from many tools."""
+    rows = [{"text": f"a{i}", "label": "a"} for i in range(300)] + [{"text": f"b{i}", "label": "b"} for i in range(100)]
+    _write(tmp_path, "train.csv", rows)
+    _write(tmp_path, "dev.csv", rows[::10])
+    _write(tmp_path, "test.csv", rows[5::10])
+    return tmp_path
+
+
+def test_max_train_examples_is_a_seeded_stratified_sample(tmp_path):
+    folder = _sorted_by_label(tmp_path)
+    cfg = TaskConfig(name=str(folder), max_train_examples=40)
+    data = load_task(cfg)
+    labels = data.train["label"]
+    assert len(labels) == 40 and labels.count(1) == 10  # 25% 'b' as in the file (the first 40 rows hold none)
+    assert load_task(cfg).train["text"] == data.train["text"]  # deterministic
+    assert data.train["text"] != [f"a{i}" for i in range(40)]
+
+
+def test_sample_rows_keeps_each_class_share_with_largest_remainders():
+    from distill.data import sample_rows
+
+    data = Dataset.from_dict({"label": [0] * 50 + [1] * 30 + [2] * 20, "text": [str(i) for i in range(100)]})
+    picked = sample_rows(data, 11, stratify=True)["label"]
+    assert [picked.count(c) for c in (0, 1, 2)] == [6, 3, 2]  # exact 5.5 / 3.3 / 2.2
+    plain = sample_rows(data, 11, stratify=False)["text"]
+    assert len(set(plain)) == 11 and plain == sample_rows(data, 11, stratify=False)["text"]
+
+
+def test_task_type_auto_states_its_decision_and_can_be_overridden(tmp_path, capsys):
+    rows = [{"text": f"t{i}", "label": i % 5} for i in range(100)]
+    _write(tmp_path, "scores.csv", rows)
+    auto = load_task(TaskConfig(name=str(tmp_path / "scores.csv")))
+    assert not auto.is_regression and auto.num_labels == 5
+    assert "classification with 5 classes" in capsys.readouterr().out
+    reg = load_task(TaskConfig(name=str(tmp_path / "scores.csv"), type="regression"))
+    assert reg.is_regression and reg.num_labels == 1 and reg.metric == "pearson"
+    assert isinstance(reg.train[0]["label"], float)
+    _write(tmp_path, "frac.csv", [{"text": f"t{i}", "label": i % 4 / 2} for i in range(100)])
+    assert load_task(TaskConfig(name=str(tmp_path / "frac.csv"))).is_regression
+    assert "regression: the labels are fractional" in capsys.readouterr().out
+    cls = load_task(TaskConfig(name=str(tmp_path / "frac.csv"), type="classification"))
+    assert cls.label_names == ["0", "0.5", "1", "1.5"]
+
+
+def test_task_type_contradicting_a_known_task_is_refused():
+    with pytest.raises(DataError, match=r"'task\.type'.*classification task"):
+        load_task(TaskConfig(name="rotten_tomatoes", type="regression"))
+
+
+def test_task_type_regression_needs_numbers(tmp_path):
+    _write(tmp_path, "x.csv", [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(20)])
+    with pytest.raises(DataError, match="task.type=regression needs numeric labels"):
+        load_task(TaskConfig(name=str(tmp_path / "x.csv"), type="regression"))
