@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,6 +114,11 @@ class StudentConfig:
                "must be uniform, first, last or explicit")
         if self.init_layers == "explicit":
             _check(bool(self.init_layer_list), f"{prefix}.init_layer_list", "must list teacher layers for init_layers=explicit")
+        if self.init not in ("random", "teacher") and not (Path(self.init).expanduser() / "config.json").is_file():
+            close = difflib.get_close_matches(self.init, ["random", "teacher"], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "give random, teacher or a student model folder"
+            _check(False, f"{prefix}.init", f"{self.init!r} is neither random, teacher nor a model folder with a "
+                   f"config.json; {hint}")
 
 
 @dataclass
@@ -134,10 +141,13 @@ class GeneralStageConfig:
     def validate(self, prefix: str) -> None:
         _check(8 <= self.max_len <= 512, f"{prefix}.max_len", "must be in [8, 512]")
         _check(self.max_sequences >= 0, f"{prefix}.max_sequences", "must be >= 0")
+        if self.enabled:
+            _check_corpus(self.corpus, f"{prefix}.corpus")
         _check(0 < self.mlm_probability < 1, f"{prefix}.mlm_probability", "must be in (0, 1)")
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _check_layer_map(self.layer_map, self.layer_map_list, prefix)
-        _check_losses(self.losses, f"{prefix}.losses")
+        if self.enabled:
+            _check_losses(self.losses, f"{prefix}.losses", trains=True)
         self.train.validate(f"{prefix}.train")
 
 
@@ -178,8 +188,10 @@ class TaskStageConfig:
     def validate(self, prefix: str) -> None:
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _check_layer_map(self.layer_map, self.layer_map_list, prefix)
-        _check_losses(self.intermediate_losses, f"{prefix}.intermediate_losses")
-        _check_losses(self.prediction_losses, f"{prefix}.prediction_losses")
+        # {} skips stage 2a (the student enters 2b as it is); a dict of zero weights is a mistake
+        _check_losses(self.intermediate_losses, f"{prefix}.intermediate_losses", trains=bool(self.intermediate_losses),
+                      skip_hint="or use {} to skip stage 2a")
+        _check_losses(self.prediction_losses, f"{prefix}.prediction_losses", trains=True)
         self.intermediate.validate(f"{prefix}.intermediate")
         self.prediction.validate(f"{prefix}.prediction")
         self.augment.validate(f"{prefix}.augment")
@@ -204,7 +216,7 @@ class PruneConfig:
         for i, r in enumerate(self.layer_ratios):
             _check(0 <= r < 1, f"{prefix}.layer_ratios[{i}]", "must be in [0, 1)")
         _check(self.taylor_batches >= 1, f"{prefix}.taylor_batches", "must be >= 1")
-        _check_losses(self.recovery_losses, f"{prefix}.recovery_losses")
+        _check_losses(self.recovery_losses, f"{prefix}.recovery_losses", trains=self.enabled)
         self.recovery.validate(f"{prefix}.recovery")
 
 
@@ -245,6 +257,8 @@ class BenchConfig:
         _check(self.threads >= 0, f"{prefix}.threads", "must be >= 0")
         _check(self.repeats >= 5, f"{prefix}.repeats", "must be >= 5")
         _check(self.test_examples >= 0, f"{prefix}.test_examples", "must be >= 0")
+        for f in self.skip_formats:
+            _check(f in EXPORT_FORMATS, f"{prefix}.skip_formats", f"unknown format {f!r}; choose from {list(EXPORT_FORMATS)}")
 
 
 @dataclass
@@ -305,12 +319,38 @@ def _check_layer_map(strategy: str, explicit: list[int], prefix: str) -> None:
         _check(bool(explicit), f"{prefix}.layer_map_list", "must give one teacher layer per student layer")
 
 
-def _check_losses(losses: dict[str, float], key: str) -> None:
+def _check_losses(losses: dict[str, float], key: str, trains: bool, skip_hint: str = "") -> None:
+    """Known names and weights >= 0; ``trains``: the stage runs on these, so one weight must be > 0."""
     from distill.losses import LOSSES  # local: losses imports torch
 
     for name, weight in losses.items():
         _check(name in LOSSES, f"{key}.{name}", f"unknown loss; choose from {sorted(LOSSES)}")
         _check(weight >= 0, f"{key}.{name}", "weight must be >= 0")
+    if trains:
+        _check(bool(losses), key, "is empty, so the stage would train on nothing; give at least one loss with a "
+               "weight > 0")
+        _check(any(w > 0 for w in losses.values()), key,
+               f"every weight is 0, so the stage would train on nothing; set one > 0{' ' + skip_hint if skip_hint else ''}")
+
+
+# a datasets name as load_paragraphs takes it: [owner/]name[:config], e.g. Salesforce/wikitext:wikitext-103-raw-v1
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
+_TEXT_SUFFIXES = (".txt", ".text", ".bz2", ".gz", ".xml", ".json", ".jsonl", ".csv", ".tsv", ".parquet")
+
+
+def _check_corpus(corpus: str, key: str) -> None:
+    """wiki, an existing file/folder, or something that can be a datasets name (checked when loaded)."""
+    if corpus == "wiki" or Path(corpus).expanduser().exists():
+        return
+    name = corpus.partition(":")[0]
+    if corpus.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in corpus or \
+            Path(name).suffix.lower() in _TEXT_SUFFIXES:
+        _check(False, key, f"{corpus!r} looks like a path but does not exist; give an existing text file or folder")
+    if difflib.get_close_matches(corpus.lower(), ["wiki"], n=1, cutoff=0.75):
+        _check(False, key, f"{corpus!r} is not a corpus; did you mean 'wiki' (the embedded Wikipedia excerpt)?")
+    _check(bool(_DATASET_NAME.fullmatch(corpus)), key,
+           f"{corpus!r} is not 'wiki', an existing text file or folder, or a datasets name such as "
+           "Salesforce/wikitext:wikitext-103-raw-v1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,14 +394,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 5e-5 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -79,3 +79,98 @@ def test_every_experiment_file_validates():
     assert files
     for path in files:
         assert isinstance(load_config(path), ExperimentConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input caught when the config loads, before any weight
+
+
+@pytest.mark.parametrize("value, hint", [
+    ("tecaher", "did you mean 'teacher'"),
+    ("Random", "did you mean 'random'"),
+    ("runs/no/such/folder", "neither random, teacher nor a model folder"),
+])
+def test_student_init_typo_names_the_key(value, hint):
+    with pytest.raises(ConfigError, match=rf"'student\.init'.*{hint}"):
+        load_config(None, [f"student.init={value}"])
+
+
+def test_student_init_folder_must_be_a_model_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"'student\.init'"):
+        load_config(None, [f"student.init={tmp_path}"])  # exists, but holds no config.json
+    (tmp_path / "config.json").write_text("{}")
+    assert load_config(None, [f"student.init={tmp_path}"]).student.init == str(tmp_path)
+
+
+@pytest.mark.parametrize("value, hint", [
+    ("wikii", "did you mean 'wiki'"),
+    ("Wiki", "did you mean 'wiki'"),
+    ("./corpus.txt", "looks like a path"),
+    ("data/texts/corpus", "looks like a path"),
+    ("corpus.txt", "looks like a path"),
+    ("my corpus", "not 'wiki', an existing text file"),
+])
+def test_general_corpus_typo_names_the_key(value, hint):
+    with pytest.raises(ConfigError, match=rf"'general\.corpus'.*{hint}"):
+        load_config(None, [f"general.corpus={value}"])
+
+
+def test_general_corpus_accepts_wiki_paths_and_datasets_names(tmp_path):
+    (tmp_path / "c.txt").write_text("text\n")
+    for value in ("wiki", str(tmp_path / "c.txt"), str(tmp_path), "Salesforce/wikitext:wikitext-103-raw-v1",
+                  "bookcorpus"):
+        assert load_config(None, [f"general.corpus={value}"]).general.corpus == value
+    assert load_config(None, ["general.enabled=false", "general.corpus=./gone.txt"])  # unused: not checked
+
+
+@pytest.mark.parametrize("override, key, hint", [
+    ("general.losses={}", "general.losses", "is empty"),
+    ("general.losses={hidden_mse: 0.0}", "general.losses", "every weight is 0"),
+    ("task_distill.prediction_losses={}", "task_distill.prediction_losses", "is empty"),
+    ("task_distill.prediction_losses={soft_ce: 0, hard_ce: 0}", "task_distill.prediction_losses", "every weight is 0"),
+    ("task_distill.intermediate_losses={hidden_mse: 0}", "task_distill.intermediate_losses", r"use \{\} to skip"),
+    ("prune.recovery_losses={}", "prune.recovery_losses", "is empty"),
+    ("prune.recovery_losses={soft_ce: 0.0}", "prune.recovery_losses", "every weight is 0"),
+])
+def test_empty_or_all_zero_loss_dict_names_the_key(override, key, hint):
+    with pytest.raises(ConfigError, match=rf"'{key.replace('.', chr(92) + '.')}'.*{hint}"):
+        load_config(None, [override])
+
+
+def test_loss_dicts_that_are_allowed_to_be_empty():
+    cfg = load_config(None, ["task_distill.intermediate_losses={}"])  # documented: skips stage 2a
+    assert cfg.task_distill.intermediate_losses == {}
+    assert load_config(None, ["general.enabled=false", "general.losses={}"])
+    assert load_config(None, ["prune.enabled=false", "export.models=[student-task]", "prune.recovery_losses={}"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("task_distill.temperature=nan", "task_distill.temperature"),
+    ("teacher.finetune.lr=inf", "teacher.finetune.lr"),
+    ("prune.ratio=.nan", "prune.ratio"),
+    ("teacher.finetune.max_grad_norm=.inf", "teacher.finetune.max_grad_norm"),
+    ("general.losses.hidden_mse=inf", "general.losses.hidden_mse"),
+    ("prune.layer_ratios=[0.1, .nan]", r"prune.layer_ratios\[1\]"),
+])
+def test_inf_and_nan_are_refused_in_every_float_key(override, key):
+    with pytest.raises(ConfigError, match=rf"'{key.replace('.', chr(92) + '.')}': must be a finite number"):
+        load_config(None, [override])
+
+
+def test_inf_in_yaml_is_refused(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("task_distill:\n  prediction:\n    weight_decay: .inf\n")
+    with pytest.raises(ConfigError, match=r"'task_distill\.prediction\.weight_decay': must be a finite"):
+        load_config(path)
+
+
+def test_unknown_bench_skip_format_names_the_key():
+    with pytest.raises(ConfigError, match=r"'bench\.skip_formats'.*'int8'"):
+        load_config(None, ["bench.skip_formats=[fp16, int8]"])
+    assert load_config(None, ["bench.skip_formats=[fp16, int8-qdq]"]).bench.skip_formats == ["fp16", "int8-qdq"]
+
+
+def test_task_type_is_a_checked_choice():
+    assert load_config().task.type == "auto"
+    with pytest.raises(ConfigError, match=r"'task\.type'"):
+        load_config(None, ["task.type=regresion"])
