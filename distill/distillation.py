@@ -10,6 +10,7 @@ from distill.augment import augmented_train_set
 from distill.context import RunContext
 from distill.corpus import load_paragraphs, pack_sequences
 from distill.evaluation import evaluate
+from distill.fingerprint import input_digests
 from distill.layer_map import build_layer_map, describe
 from distill.objectives import DistillObjective, FineTuneObjective, with_teacher_logits
 from distill.run import StageRun, announce_once
@@ -47,7 +48,8 @@ def general_stage(ctx: RunContext) -> StageRun:
     cfg = ctx.cfg
     teacher = teacher_stage(ctx).fingerprint if cfg.general.teacher == "task" else cfg.general.teacher or cfg.teacher.name
     return StageRun(ctx.run_dir, "student-general", {
-        "teacher": teacher, "student": cfg.student, "general": cfg.general, "seed": cfg.seed})
+        "teacher": teacher, "student": cfg.student, "general": cfg.general, "seed": cfg.seed,
+        "inputs": input_digests(cfg, "teacher.name", "general.teacher", "student.init", "general.corpus")})
 
 
 def general_teacher_name(ctx: RunContext) -> str:
@@ -118,7 +120,8 @@ def intermediate_stage(ctx: RunContext) -> StageRun:
         "upstream": upstream, "student": cfg.student, "task": cfg.task, "seed": cfg.seed,
         "losses": cfg.task_distill.intermediate_losses, "layer_map": cfg.task_distill.layer_map,
         "layer_map_list": cfg.task_distill.layer_map_list, "train": cfg.task_distill.intermediate,
-        "augment": cfg.task_distill.augment})
+        "augment": cfg.task_distill.augment,
+        "inputs": input_digests(cfg, "student.init", "task.name", "task.data_dir", "task_distill.augment.mlm_model")})
 
 
 def prediction_stage(ctx: RunContext) -> StageRun:
@@ -233,7 +236,8 @@ def run_baseline(ctx: RunContext) -> Path:
     t = cfg.task_distill
     stage = StageRun(ctx.run_dir, "student-baseline", {
         "student": cfg.student, "task": cfg.task, "seed": cfg.seed, "train": t.prediction,
-        "teacher": cfg.teacher.name})
+        "teacher": cfg.teacher.name,
+        "inputs": input_digests(cfg, "teacher.name", "student.init", "task.name", "task.data_dir")})
     if stage.is_done():
         _print_scores("baseline", stage.result())
         return stage.model_dir

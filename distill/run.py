@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
+
+from distill.fingerprint import stage_value
 
 
 class StageConflictError(RuntimeError):
@@ -26,10 +27,6 @@ def announce_once(key: str, message: str) -> None:
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
         print(message)
-
-
-def _plain(value: Any) -> Any:
-    return asdict(value) if is_dataclass(value) else value
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -51,7 +48,7 @@ class StageRun:
     def __init__(self, run_dir: Path, name: str, settings: dict[str, Any]):
         self.name = name
         self.dir = Path(run_dir) / name
-        self.settings = json.loads(json.dumps({k: _plain(v) for k, v in settings.items()}, default=str))
+        self.settings = json.loads(json.dumps({k: stage_value(v) for k, v in settings.items()}, default=str))
         self.fingerprint = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

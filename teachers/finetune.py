@@ -8,15 +8,17 @@ from transformers import AutoModelForSequenceClassification
 
 from distill.context import RunContext
 from distill.evaluation import evaluate
+from distill.fingerprint import input_digests
 from distill.objectives import FineTuneObjective
 from distill.run import StageRun, announce_once
 from distill.trainer import train
-from teachers.load import finetuned_labels, load_classifier, resolve_teacher_path, use_eager_attention
+from teachers.load import finetuned_labels, load_classifier, local_model_folder, use_eager_attention
 
 
 def teacher_stage(ctx: RunContext) -> StageRun:
     cfg = ctx.cfg
-    return StageRun(ctx.run_dir, "teacher", {"teacher": cfg.teacher, "task": cfg.task, "seed": cfg.seed})
+    return StageRun(ctx.run_dir, "teacher", {"teacher": cfg.teacher, "task": cfg.task, "seed": cfg.seed,
+                                            "inputs": input_digests(cfg, "teacher.name", "task.name", "task.data_dir")})
 
 
 def load_finetuned(folder: Path):
@@ -27,7 +29,7 @@ def finetune_teacher(ctx: RunContext) -> Path:
     """The task-fine-tuned teacher folder: trained here, reused when done, or given (already_finetuned)."""
     cfg = ctx.cfg
     if cfg.teacher.already_finetuned:
-        folder = Path(resolve_teacher_path(cfg.teacher.name))
+        folder = local_model_folder(cfg.teacher.name)  # a hub name too
         labels = finetuned_labels(folder)
         if labels is not None and ctx.data.label_names is not None and len(labels) != len(ctx.data.label_names):
             raise ValueError(f"teacher.already_finetuned: {folder} predicts {len(labels)} labels but task "

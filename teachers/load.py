@@ -5,7 +5,6 @@ layer (the default sdpa attention silently returns none).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
@@ -84,10 +83,25 @@ def load_backbone(name: str, with_mlm_head: bool = False) -> PreTrainedModel:
     return use_eager_attention(_load(loader, name))
 
 
-def finetuned_labels(folder: Path) -> list[str] | None:
-    """Label names stored in a fine-tuned teacher's config (None for regression)."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    if config.get("problem_type") == "regression":
+def finetuned_labels(name: str | Path) -> list[str] | None:
+    """Label names in a fine-tuned teacher's config, local folder or hub name (None for regression)."""
+    config = load_config(str(name))
+    if config.problem_type == "regression" or config.num_labels == 1:
         return None
-    id2label = config.get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)]
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def local_model_folder(name: str) -> Path:
+    """A folder with the model's files: a local or embedded folder as it is, a hub name from the cache
+    (downloaded first when online), so later steps can read and copy its files."""
+    path = Path(resolve_teacher_path(name))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, ignore_patterns=["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*",
+                                                             "tf_*", "flax_*", "*.tflite", "coreml/*", "openvino/*"]))
+    except Exception as err:  # huggingface_hub raises several types for a missing or unreachable repo
+        raise TeacherLoadError(f"could not fetch teacher {name!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                               "without network access use a local folder or teacher.name=minilm-l6") from None

@@ -1,0 +1,122 @@
+"""What a stage's fingerprint is made of, beyond the config values it names.
+
+A stage is reused only when it would be rebuilt the same way. Config values alone miss an edited data
+file or a retrained model folder under the same path, so the stages also record a digest of the
+contents of every local input they read (``input_digests``), and leave out the keys that change only
+bookkeeping, never the result (``stage_value``).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+# TrainConfig keys that change when things are written or logged, never what is trained.
+# eval_every stays in: it decides which checkpoint is kept as the best model.
+NO_EFFECT_KEYS = ("save_every", "log_every")
+
+_DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+_CORPUS_SUFFIXES = (".txt", ".text", "")  # what corpus.text_file_paragraphs reads from a folder
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> content digest, per process
+
+
+def stage_value(value: Any) -> Any:
+    """``value`` as plain data for a stage's settings: dataclasses become dicts, minus NO_EFFECT_KEYS."""
+    from distill.config import TrainConfig
+
+    if is_dataclass(value) and not isinstance(value, type):
+        skip = NO_EFFECT_KEYS if isinstance(value, TrainConfig) else ()
+        return {f.name: stage_value(getattr(value, f.name)) for f in fields(value) if f.name not in skip}
+    if isinstance(value, dict):
+        return {k: stage_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [stage_value(v) for v in value]
+    return value
+
+
+def file_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes, computed once per process for each (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        with open(path, "rb") as fh:
+            _FILE_DIGESTS[key] = hashlib.file_digest(fh, "sha1").hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def path_digest(path: Path, suffixes: tuple[str, ...] | None = None, recursive: bool = False) -> str:
+    """Digest of a file, or of a folder's files (names and contents; hidden files and, unless
+    ``recursive``, subfolders left out; only ``suffixes`` when given). Copies and moves keep it."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)[:16]
+    candidates = path.rglob("*") if recursive else path.iterdir()
+    files = sorted(p for p in candidates if p.is_file() and not any(part.startswith(".") for part in
+                   p.relative_to(path).parts) and (suffixes is None or p.suffix.lower() in suffixes))
+    total = hashlib.sha1()
+    for file in files:
+        total.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
+    return total.hexdigest()[:16]
+
+
+def _model_path(name: str) -> Path | None:
+    """A local or embedded model folder; None for a hub name (its files are not here to read)."""
+    from teachers.load import EMBEDDED
+
+    if not name:
+        return None
+    if name in EMBEDDED:
+        return Path(EMBEDDED[name]())
+    path = Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
+def _task_path(name: str) -> tuple[Path, tuple[str, ...] | None] | None:
+    from distill import assets
+
+    if name == "rotten_tomatoes":
+        return assets.rotten_tomatoes_csv(), None
+    path = Path(name).expanduser()
+    return (path, _DATA_SUFFIXES) if path.exists() else None
+
+
+def _corpus_path(name: str) -> Path | None:
+    from distill import assets
+
+    if name == "wiki":
+        return assets.wiki_excerpt()
+    path = Path(name).expanduser()
+    return path if path.exists() else None
+
+
+def _local_input(key: str, value: str) -> tuple[Path, tuple[str, ...] | None, bool] | None:
+    """(path, suffixes, recursive) of the local input that config ``key`` names, or None."""
+    if key in ("teacher.name", "general.teacher", "task_distill.augment.mlm_model"):
+        path = _model_path(value)
+        return (path, None, False) if path else None
+    if key == "student.init":
+        path = _model_path(value) if value not in ("random", "teacher") else None
+        return (path, None, False) if path else None
+    if key in ("task.name", "task.data_dir"):
+        found = _task_path(value) if value else None
+        return (found[0], found[1], False) if found else None
+    if key == "general.corpus":
+        path = _corpus_path(value)
+        return (path, _CORPUS_SUFFIXES, True) if path else None
+    raise KeyError(f"no local input is known for config key {key!r}")
+
+
+def input_digests(cfg: Any, *keys: str) -> dict[str, str]:
+    """{config key: digest of the local file or folder it names} for those ``keys`` that name one;
+    hub names, 'random' and empty values name nothing local and are covered by their config value."""
+    out = {}
+    for key in keys:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        found = _local_input(key, value)
+        if found is not None:
+            out[key] = path_digest(*found)
+    return out
