@@ -1,4 +1,5 @@
 import collections
+import signal
 
 import pandas as pd
 import pytest
@@ -181,8 +182,18 @@ def test_empty_training_loader_is_refused_by_the_trainer(tmp_path, tiny_teacher_
 
     loader = DataLoader([], batch_size=4)  # before the guard: steps = max(1, 0) and the epochs never end
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
-    with pytest.raises(ValueError, match="no training batches"):
-        train(FineTuneObjective(model), loader, TrainConfig(), tmp_path, save_model=lambda m, f: None)
+
+    def endless(*_):
+        raise TimeoutError("train() on an empty loader did not return")
+
+    previous = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(60)
+    try:
+        with pytest.raises(ValueError, match="no training batches"):
+            train(FineTuneObjective(model), loader, TrainConfig(), tmp_path, save_model=lambda m, f: None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_folder_with_train_and_dev_keeps_dev_as_dev_and_carves_test_from_train(task_folder):
