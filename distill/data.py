@@ -2,7 +2,8 @@
 
 Every task becomes the same shape: splits ``train``/``dev``/``test`` with columns ``text``, optional
 ``text_pair`` and ``label`` (int class ids, or float for regression), plus the label names and the
-task's metric.
+task's metric. Local labels: the classes are the values present, named as they are; ``task.type``
+(auto | classification | regression) says how to read them, and the decision is printed.
 """
 from __future__ import annotations
 
