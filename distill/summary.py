@@ -200,7 +200,7 @@ def format_summary(summary: dict) -> list[str]:
     else:
         scores = ", ".join(f"{split} {baseline.metric} {baseline.describe(split).rsplit(' ', 1)[-1]}"
                            for split in ("dev", "test"))
-        lines.append(f"baseline: {baseline.rule}: {scores}" + (f" ({baseline.note})" if baseline.note else ""))
+        lines.append(f"baseline: {baseline.rule} scores {scores}" + (f" ({baseline.note})" if baseline.note else ""))
     warning = summary.get("truncation_warning")
     if warning:
         lines.append(truncation_message(summary))
@@ -252,7 +252,7 @@ def report_section(summary: dict, rows: list[dict], test_examples: int) -> list[
         return lines + [f"No trivial baseline is registered for metric {summary['metric']}.", ""]
     scores = ", ".join(f"{split} {baseline.metric} {baseline.describe(split).rsplit(' ', 1)[-1]}"
                        for split in ("dev", "test"))
-    lines.append(f"Baseline: {baseline.rule}: {scores}." + (f" {baseline.note}." if baseline.note else ""))
+    lines.append(f"Baseline: {baseline.rule} scores {scores}." + (f" {baseline.note}." if baseline.note else ""))
     reference = baseline.reference("test")
     margin = noise_margin(baseline.metric, reference, test_examples)
     flagged = [f"{r['name']} ({r['runtime']}, {r['score']:.4f})" for r in rows

@@ -109,8 +109,8 @@ def check_teacher(ctx: RunContext, scores: dict) -> None:
         return
     dev, reference = scores["dev"]["score"], baseline.reference("dev")
     if dev >= reference + t.gate_margin:  # False for NaN (e.g. Pearson of a constant prediction)
-        announce_once(key, f"[teacher] gate passed: dev {baseline.metric} {dev:.4f} >= baseline {reference:.4f} "
-                           f"+ teacher.gate_margin {t.gate_margin}")
+        announce_once(key, f"[teacher] gate passed (dev {baseline.metric} {dev:.4f} >= baseline {reference:.4f} "
+                           f"+ teacher.gate_margin {t.gate_margin})")
         return
     message = gate_message(ctx, scores, summary)
     if t.gate == "stop":

@@ -102,6 +102,23 @@ def test_noise_rule_is_two_standard_errors_of_a_proportion():
     assert "within noise = test accuracy < 0.6000" in text
 
 
+def test_report_has_the_data_section_and_flags_noise(tmp_path, tokenizer):
+    from distill.report import write_report
+
+    ds = Dataset.from_dict({"text": ["a good film", "a bad film"] * 50, "label": [1, 0] * 49 + [1, 1]})
+    summary = summarize(TaskData("toy", ds, ds, ds, ["neg", "pos"], "accuracy"), tokenizer, 32)
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps(summary))
+    row = dict(runtime="pytorch-fp32", metric="accuracy", p50_ms=2.0, p95_ms=2.0, p50_ms_real=1.0, throughput_b32=1.0,
+               throughput_b32_real=1.0, size_mb=1.0, params=10, flops_128=10)
+    rows = [{**row, "name": "teacher", "score": 0.95}, {**row, "name": "student-task", "score": 0.52}]
+    md, page = write_report(tmp_path, rows, "bench:\n  test_examples: 0\n", [])
+    text = md.read_text()
+    assert "## Data and baselines" in text and "| train | 100 | 5/5/5/5 | 0.0% (0) | pos 51 (51.0%), neg 49 (49.0%) |" in text
+    # n = 100, p = 0.51: threshold 0.51 + 2 * sqrt(0.51 * 0.49 / 100) = 0.6100
+    assert "within noise = test accuracy < 0.6100" in text and "student-task (pytorch-fp32, 0.5200)" in text
+    assert "Data and baselines</h2>" in page.read_text() and "student-task (pytorch-fp32, 0.5200)" in page.read_text()
+
+
 # ---------------------------------------------------------------------------------------------------
 # the data summary and the truncation advice
 
@@ -165,7 +182,7 @@ def test_inspect_prints_the_summary_without_loading_weights(tmp_path, weightless
     assert cli.run(["inspect", *_overrides(cfg)]) == 0  # any weight load would fail: there are none
     out = capsys.readouterr().out
     assert "[data]   train        40" in out and "pos 26 (65.0%), neg 14 (35.0%)" in out
-    assert "baseline: majority class 'pos' (65.0% of train): dev accuracy 0.7000, test accuracy 0.7000" in out
+    assert "baseline: majority class 'pos' (65.0% of train) scores dev accuracy 0.7000, test accuracy 0.7000" in out
     assert (cfg.run_dir / SUMMARY_FILE).is_file()
     assert not any((cfg.run_dir / s).exists() for s in ("teacher",) + STAGES)
 
@@ -201,7 +218,7 @@ def test_gate_passes_a_teacher_that_learned_the_task(tmp_path, tiny_teacher_dir,
     cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, steps=20, lr=1e-2)  # reaches dev accuracy 1.0
     pipeline.run_teacher(cfg)
     out = capsys.readouterr().out
-    assert "[teacher] gate passed: dev accuracy" in out
+    assert "[teacher] gate passed (dev accuracy 1.0000 >= baseline 0.7000" in out
     assert "(baseline: majority class 'pos' (65.0% of train) 0.7000)" in out  # next to the teacher's scores
 
 
