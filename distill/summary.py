@@ -24,16 +24,10 @@ KEEP_QUANTILE = 90  # the suggested max_len keeps this percentile of train examp
 SPLITS = ("train", "dev", "test")
 
 
-def _as_text(values: list) -> tuple[list, bool]:
-    """Texts as the tokenizer wants them; pre-split words (lists) are passed with is_split_into_words."""
-    split_words = bool(values) and isinstance(values[0], (list, tuple))
-    return list(values), split_words
-
-
 def token_lengths(dataset, tokenizer, max_len: int) -> dict:
     """Untruncated lengths (special tokens included) and, for pairs, which side truncation would cut."""
-    texts, words = _as_text(dataset["text"])
-    kw = {"is_split_into_words": words, "verbose": False}
+    texts = list(dataset["text"])
+    kw = {"is_split_into_words": bool(texts) and isinstance(texts[0], list), "verbose": False}  # pre-split words
     if "text_pair" not in dataset.column_names:
         lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=False, **kw)["input_ids"]], dtype=np.int64)
         return {"lengths": lengths}
@@ -41,26 +35,18 @@ def token_lengths(dataset, tokenizer, max_len: int) -> dict:
     first = np.array([len(i) for i in tokenizer(texts, add_special_tokens=False, **kw)["input_ids"]], dtype=np.int64)
     second = np.array([len(i) for i in tokenizer(pairs, add_special_tokens=False, **kw)["input_ids"]], dtype=np.int64)
     lengths = first + second + tokenizer.num_special_tokens_to_add(pair=True)
-    cut_text = cut_pair = 0
     long_ids = np.flatnonzero(lengths > max_len)
+    if not tokenizer.is_fast:  # only fast tokenizers say which side each token came from
+        return {"lengths": lengths}
+    cut_text = cut_pair = 0
     if len(long_ids):  # ask the tokenizer itself how truncation=True (longest_first) splits the cut
         enc = tokenizer([texts[i] for i in long_ids], [pairs[i] for i in long_ids], truncation=True,
                         max_length=max_len, **kw)
         for row, i in enumerate(long_ids):
-            sides = enc.sequence_ids(row) if enc.is_fast else _sides_from_type_ids(enc["token_type_ids"][row])
+            sides = enc.sequence_ids(row)  # None for special tokens, 0 for text, 1 for text_pair
             cut_text += int(sum(s == 0 for s in sides) < first[i])
             cut_pair += int(sum(s == 1 for s in sides) < second[i])
     return {"lengths": lengths, "cut_text": cut_text, "cut_text_pair": cut_pair}
-
-
-def _sides_from_type_ids(type_ids: list[int]) -> list[int | None]:
-    # slow tokenizers: [CLS] a [SEP] b [SEP]; the specials are counted with their side, so subtract them
-    sides: list[int | None] = list(type_ids)
-    sides[0] = None
-    last_a = max(i for i, t in enumerate(type_ids) if t == 0)
-    sides[last_a] = None
-    sides[-1] = None
-    return sides
 
 
 def label_counts(dataset, label_names: list[str] | None) -> dict:
@@ -73,7 +59,8 @@ def label_counts(dataset, label_names: list[str] | None) -> dict:
             return {}
         return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
                 "max": float(values.max())}
-    counts = np.bincount(values.astype(int), minlength=len(label_names)) if len(values) else np.zeros(len(label_names))
+    values = values[values >= 0].astype(int)  # -100: positions a token task leaves unscored
+    counts = np.bincount(values, minlength=len(label_names))
     return {name: int(c) for name, c in zip(label_names, counts)}
 
 

@@ -15,7 +15,7 @@ from distill.context import RunContext
 from distill.data import TaskData
 from distill.flops import config_encoder_flops
 from distill.summary import SUMMARY_FILE, report_section, summarize
-from teachers.finetune import TeacherGateError, finetune_teacher
+from teachers.finetune import TeacherGateError, check_teacher, finetune_teacher
 from teachers.load import load_config as load_model_config
 
 STAGES = ("student-general", "student-intermediate", "student-task", "student-pruned", "export")
@@ -228,6 +228,20 @@ def test_gate_evaluates_an_already_finetuned_teacher_first(tmp_path, tiny_teache
         pipeline.run_task(cfg)
     assert (cfg.run_dir / "teacher-given.json").is_file()
     assert not any((cfg.run_dir / s).exists() for s in STAGES)
+
+
+def test_gate_for_regression_holds_pearson_to_zero(tmp_path, weightless_teacher, capsys):
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    pd.DataFrame({"text": [f"review {i}" for i in range(40)], "label": [i / 8 for i in range(40)]}).to_csv(
+        folder / "train.csv", index=False)
+    ctx = RunContext(_cfg(tmp_path, weightless_teacher, folder))
+    with pytest.raises(TeacherGateError, match="Pearson is undefined"):
+        check_teacher(ctx, {"dev": {"score": float("nan")}})  # a constant prediction
+    with pytest.raises(TeacherGateError, match="needs >= 0.0200"):
+        check_teacher(ctx, {"dev": {"score": 0.01}})
+    check_teacher(ctx, {"dev": {"score": 0.5}})
+    assert "gate passed (dev pearson 0.5000 >= baseline 0.0000" in capsys.readouterr().out
 
 
 def test_gate_keys_are_checked():
