@@ -148,12 +148,12 @@ def gate_message(ctx: RunContext, scores: dict, summary: dict) -> str:
         trained = f"{scores['steps']} optimizer steps, " if "steps" in scores else ""
         lines.append(f"  evidence: fine-tuned for {trained}teacher.finetune.epochs={f.epochs:g}"
                      + (f", max_steps={f.max_steps}" if f.max_steps else "") + f", lr={f.lr:g}")
-        more = (f"teacher.finetune.max_steps={f.max_steps * 3}" if f.max_steps
-                else f"teacher.finetune.epochs={f.epochs * 3:g}")
+        more = (f"teacher.finetune.max_steps={f.max_steps * 3} (now {f.max_steps})" if f.max_steps
+                else f"teacher.finetune.epochs={f.epochs * 3:g} (now {f.epochs:g})")
         lines.append(f"  fix: train longer: {more}")
         if warning and warning["suggested_max_len"] > summary["max_len"]:
             lines.append(f"  fix: a larger max_len, since {warning['share']:.1%} of train examples are cut: "
-                         f"task.max_len={warning['suggested_max_len']} ({max_len_cost(summary)})")
+                         f"task.max_len={warning['suggested_max_len']}, which {max_len_cost(summary)}")
         lines.append(f"  fix: a lower learning rate: teacher.finetune.lr={f.lr / 4:.1e} (now {f.lr:g})")
         lines.append("  fix: check that the labels follow from the texts (`make inspect` shows the label counts)")
         lines.append(f"  note: changed teacher settings need a new run_id=... (this run's teacher folder "

@@ -170,6 +170,10 @@ def test_long_texts_print_the_truncation_warning_with_a_suggestion(tmp_path, wei
     summary = json.loads((cfg.run_dir / SUMMARY_FILE).read_text())
     suggested = summary["truncation_warning"]["suggested_max_len"]
     assert f"task.max_len={suggested} keeps 90% of train examples whole at" in out and suggested > 16
+    with pytest.raises(TeacherGateError) as err:  # the gate cites the measured truncation and the same fix
+        check_teacher(RunContext(cfg), {"dev": {"score": 0.0}})
+    assert f"fix: a larger max_len, since 100.0% of train examples are cut: task.max_len={suggested}, which keeps" \
+        in str(err.value)
 
 
 def _overrides(cfg):
@@ -199,7 +203,7 @@ def test_gate_stops_a_teacher_that_learned_nothing_before_distillation(tmp_path,
     message = str(err.value)
     assert "stopped before distillation" in message
     assert "evidence: teacher dev accuracy" in message and "vs majority class 'common'" in message
-    assert "fix: train longer: teacher.finetune.max_steps=9" in message
+    assert "fix: train longer: teacher.finetune.max_steps=9 (now 3)" in message
     assert "fix: a lower learning rate" in message and "teacher.gate=warn" in message
     assert (cfg.run_dir / "teacher" / "DONE").is_file()
     assert not any((cfg.run_dir / s).exists() for s in STAGES)  # no distillation stage was even created
