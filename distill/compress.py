@@ -59,7 +59,7 @@ def run_prune(ctx: RunContext) -> Path:
     tracker.summary({"params_after": report.params_after, "flops_after": report.flops_after, **scores})
     tracker.finish()
     stage.finish(scores)
-    _print_scores("pruned", scores)
+    _print_scores("pruned", scores, ctx)
     return stage.model_dir
 
 

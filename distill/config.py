@@ -81,9 +81,12 @@ class TeacherConfig:
     name: str = "bert-large-uncased"  # hub name | local folder | minilm-l6 (embedded all-MiniLM-L6-v2)
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=2e-5))
     already_finetuned: bool = False  # the folder is already fine-tuned on this task: skip fine-tuning
+    gate: Literal["stop", "warn"] = "stop"  # teacher not above the trivial baseline on dev: stop before distilling, or warn and go on
+    gate_margin: float = 0.02  # the teacher's dev score must beat the trivial baseline by this much (absolute)
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.name), f"{prefix}.name", "must not be empty")
+        _check(0 <= self.gate_margin < 1, f"{prefix}.gate_margin", "must be in [0, 1)")
         self.finetune.validate(f"{prefix}.finetune")
 
 

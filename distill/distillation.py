@@ -202,7 +202,7 @@ def run_prediction(ctx: RunContext) -> Path:
     tracker.summary(scores)
     tracker.finish()
     stage.finish(scores)
-    _print_scores("student", scores)
+    _print_scores("student", scores, ctx)
     return stage.model_dir
 
 
@@ -221,9 +221,11 @@ def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
             "params": count_parameters(model), "steps": steps}
 
 
-def _print_scores(name: str, scores: dict) -> None:
+def _print_scores(name: str, scores: dict, ctx: RunContext) -> None:
+    from distill.summary import score_report
+
     if "test" in scores:
-        print(f"[{name}] dev score {scores['dev']['score']:.4f}, test score {scores['test']['score']:.4f}")
+        print(f"[{name}] {score_report(ctx, scores)}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ def run_baseline(ctx: RunContext) -> Path:
         "teacher": cfg.teacher.name,
         "inputs": input_digests(cfg, "teacher.name", "student.init", "task.name", "task.data_dir")})
     if stage.is_done():
-        _print_scores("baseline", stage.result())
+        _print_scores("baseline", stage.result(), ctx)
         return stage.model_dir
     # no distillation anywhere: with init=teacher the layers come from the *pretrained* teacher (as when
     # fine-tuning a truncated model), never from the fine-tuned one or a distilled general student
@@ -258,5 +260,5 @@ def run_baseline(ctx: RunContext) -> Path:
     tracker.summary(scores)
     tracker.finish()
     stage.finish(scores)
-    _print_scores("baseline", scores)
+    _print_scores("baseline", scores, ctx)
     return stage.model_dir

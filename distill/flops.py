@@ -17,15 +17,25 @@ def _encoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(base.encoder.layer)
 
 
+def layer_flops(seq_len: int, d_model: int, attn: int, ffn: int) -> int:
+    """FLOPs of one encoder layer over one sequence of ``seq_len`` tokens (formula in the module docstring)."""
+    macs = 3 * seq_len * d_model * attn + seq_len * attn * d_model + 2 * seq_len * seq_len * attn
+    macs += 2 * seq_len * d_model * ffn
+    return 2 * macs
+
+
 def encoder_flops(model: nn.Module, seq_len: int = 128) -> int:
     """FLOPs of one forward pass of the encoder over one sequence of ``seq_len`` tokens."""
     total = 0
     blocks = attention_blocks(model)
     for layer, block in zip(_encoder_layers(model), blocks):
-        d_model = block.query.in_features
-        attn = block.query.out_features
-        ffn = layer.intermediate.dense.out_features
-        macs = 3 * seq_len * d_model * attn + seq_len * attn * d_model + 2 * seq_len * seq_len * attn
-        macs += 2 * seq_len * d_model * ffn
-        total += 2 * macs
+        total += layer_flops(seq_len, block.query.in_features, block.query.out_features,
+                             layer.intermediate.dense.out_features)
     return total
+
+
+def config_encoder_flops(config, seq_len: int) -> int:
+    """The same count from a model config alone (no weights): uniform layers of a BERT-style config."""
+    attn = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_layer = layer_flops(seq_len, config.hidden_size, attn * config.num_attention_heads, config.intermediate_size)
+    return config.num_hidden_layers * per_layer

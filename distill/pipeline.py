@@ -128,9 +128,21 @@ def _check_finetuned_labels(cfg: ExperimentConfig, data_labels: list[str] | None
 
 
 def _context(cfg: ExperimentConfig) -> RunContext:
+    from distill.summary import print_summary, run_summary
+
     ctx = RunContext(cfg)
     preflight(cfg, ctx)
+    print_summary(run_summary(ctx))  # know the data before anything trains
     return ctx
+
+
+def run_inspect(cfg: ExperimentConfig) -> None:
+    """The data summary alone: tokenizer and configs only, no weights, no preflight of the stages."""
+    from distill.summary import SUMMARY_FILE, print_summary, run_summary
+
+    ctx = RunContext(cfg)
+    print_summary(run_summary(ctx))
+    print(f"[data] kept in {ctx.run_dir / SUMMARY_FILE}")
 
 
 def run_teacher(cfg: ExperimentConfig) -> None:

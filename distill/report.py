@@ -74,8 +74,44 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" style="max-width:100%">'
 
 
+def data_section(run_dir: Path, rows: list[dict], config_yaml: str) -> list[str]:
+    """Markdown lines of the data summary and baselines (empty when the run has no data_summary.json)."""
+    import yaml
+
+    from distill.summary import SUMMARY_FILE, report_section
+
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text())
+    cap = (yaml.safe_load(config_yaml) or {}).get("bench", {}).get("test_examples", 0)
+    n = summary["splits"]["test"]["examples"]
+    return report_section(summary, rows, min(n, cap) if cap else n)
+
+
+def _markdown_html(lines: list[str]) -> str:
+    """Headings, pipe tables and paragraphs of a markdown section as HTML."""
+    out, table = [], []
+    for line in lines + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{html.escape(c.strip())}</{tag}>"
+                                              for c in line.strip("|").split("|")) + "</tr>")
+            continue
+        if table:
+            out.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line:
+            out.append(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
+    return "".join(out)
+
+
 def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[str]) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
+    data = data_section(run_dir, rows, config_yaml)
     teacher = next((r for r in rows if r["name"] == "teacher" and r["runtime"] == "pytorch-fp32"), None)
     pareto = run_dir / "pareto.png"
     pareto_plot(rows, pareto)
@@ -86,7 +122,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
           "", *table, "", *extra, "", "![pareto](pareto.png)", ""]
     if has_losses:
         md += ["![losses](losses.png)", ""]
-    md += ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    md += data + ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     (run_dir / "report.md").write_text("\n".join(md))
     body = io.StringIO()
     body.write("<!doctype html><html><head><meta charset='utf-8'><title>Distillation report</title>"
@@ -107,6 +143,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     body.write("<h2>Accuracy vs latency</h2>" + _img(pareto))
     if has_losses:
         body.write("<h2>Loss curves</h2>" + _img(losses))
+    body.write(_markdown_html(data))
     body.write(f"<h2>Resolved config</h2><pre>{html.escape(config_yaml)}</pre></body></html>")
     (run_dir / "report.html").write_text(body.getvalue())
     (run_dir / "bench.json").write_text(json.dumps(rows, indent=1))

@@ -15,7 +15,8 @@ def _cfg(tmp_path, teacher, task, *extra):
     steps = ["max_steps=3", "batch_size=8", "save_every=0", "log_every=1"]
     overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=32",
                  "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
-                 f"general.corpus={corpus}", "general.max_len=32"]
+                 f"general.corpus={corpus}", "general.max_len=32",
+                 "teacher.gate=warn"]  # a 3-step tiny teacher learns nothing; the gate is tested in test_inspect.py
     for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction"):
         overrides += [f"{section}.{s}" for s in steps]
     return load_config(None, overrides + list(extra))
