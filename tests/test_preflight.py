@@ -131,7 +131,8 @@ def test_already_finetuned_teacher_by_hub_name(base, tmp_path, tokenizer, monkey
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     overrides = [o for o in base if not o.startswith("teacher.name")] + ["teacher.name=acme/tiny-sst",
-                                                                          "teacher.already_finetuned=true"]
+                                                                          "teacher.already_finetuned=true",
+                                                                          "teacher.gate=warn"]  # random weights
     cfg = load_config(None, overrides)
     ctx = RunContext(cfg)
     preflight(cfg, ctx)
