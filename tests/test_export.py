@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from distill import export as onnx_export
 from distill.batching import make_loader, tokenize
-from distill.compress import _batches_and_labels, _numpy_batches, export_model, pad_batch
+from distill.compress import _batches_and_labels, export_model, pad_batch
 from distill.data import load_local
 from distill.prune import prune_model
 
