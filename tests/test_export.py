@@ -91,7 +91,8 @@ def test_every_format_is_checked_kept_and_loadable_without_our_code(tmp_path, de
     fused_ops = json.loads((tmp_path / "export" / "student-task-fp32-fused" / "check.json").read_text())["fused_ops"]
     assert fused_ops.get("Attention", 0) == 4 and fused_ops.get("SkipLayerNormalization", 0) >= 4
     trt = (tmp_path / "export" / "student-task-fp16" / "tensorrt.txt").read_text()
-    assert f"--onnx={tmp_path / 'export' / 'student-task-fp16' / 'model.onnx'}" in trt  # the kept path, not the work one
+    kept = tmp_path / "export" / "student-task-fp16" / "model.onnx"
+    assert f"--onnx={kept} " in trt  # the kept path, not the work folder's
     size32 = results["fp32"]["size_mb"]
     assert results["int8-dynamic"]["size_mb"] < 0.5 * size32
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(
@@ -122,7 +123,8 @@ def test_a_failed_check_keeps_nothing_new_and_leaves_earlier_artifacts_intact(tm
     # first: a run where int8 fails (max diff limit 0) in a fresh folder leaves no folder at all, fp32's neither
     monkeypatch.setitem(onnx_export.TOLERANCE, "int8-dynamic", (0.0, 0.97))
     fresh = tmp_path / "fresh"
-    with pytest.raises(onnx_export.ExportCheckError, match="no artifact of student-task kept; int8-dynamic: max .logit diff"):
+    failed = "no artifact of student-task kept; int8-dynamic: max .logit diff"
+    with pytest.raises(onnx_export.ExportCheckError, match=failed):
         export_model(decisive_teacher, fresh, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
                      tensorrt=False, max_metric_drop=MAX_DROP)
     assert list(fresh.iterdir()) == []

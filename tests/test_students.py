@@ -52,7 +52,8 @@ def test_init_from_teacher_copies_layers_and_keeps_the_planted_important_ffn_neu
     shape = resolve_shape("custom", 2, 32, 4, 16)  # teacher FFN 64 -> 16
     student = build_student(shape, teacher, "classifier", ["a", "b"], init="teacher", init_layers="explicit",
                             init_layer_list=[1, 3])
-    torch.testing.assert_close(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(student.bert.embeddings.word_embeddings.weight,
+                               teacher.bert.embeddings.word_embeddings.weight)
     for s_index, t_index in enumerate((1, 3)):
         t_layer, s_layer = teacher.bert.encoder.layer[t_index], student.bert.encoder.layer[s_index]
         torch.testing.assert_close(s_layer.attention.self.query.weight, t_layer.attention.self.query.weight)
