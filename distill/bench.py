@@ -40,9 +40,11 @@ def folder_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
-def synthetic(batch: int, seq: int, vocab: int = 30522) -> dict[str, np.ndarray]:
+def synthetic(batch: int, seq: int, vocab_size: int) -> dict[str, np.ndarray]:
+    """Random token ids below ``vocab_size`` (the tokenizer's), skipping the low ids BERT keeps for specials."""
     rng = np.random.default_rng(0)
-    return {"input_ids": rng.integers(1000, vocab - 1, (batch, seq)).astype(np.int64),
+    low = min(1000, vocab_size // 2)
+    return {"input_ids": rng.integers(low, vocab_size, (batch, seq)).astype(np.int64),
             "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
 
 
@@ -58,12 +60,16 @@ def _time(run, inputs: list[dict], repeats: int, warmup: int) -> np.ndarray:
 
 
 class Runner:
-    """A model behind one call signature: numpy inputs -> numpy logits."""
+    """A model behind one call signature: numpy inputs -> numpy logits.
 
-    def __init__(self, name: str, path: Path, threads: int):
-        self.name, self.path = name, Path(path)
-        if self.path.suffix == ".onnx":
-            self.runtime = "onnxruntime-" + self.path.parent.name.split("-", 2)[-1]
+    ``variant`` is the export format of an ONNX file (fp32-fused, int8-dynamic...); None for a PyTorch folder."""
+
+    def __init__(self, path: Path, threads: int, variant: str | None = None):
+        self.path = Path(path)
+        if (self.path.suffix == ".onnx") != (variant is not None):
+            raise ValueError(f"{self.path}: an ONNX file needs its export variant, a PyTorch folder none")
+        if variant is not None:
+            self.runtime = f"onnxruntime-{variant}"
             self.sess = onnx_export.session(self.path, threads)
             self.model = None
         else:
@@ -78,18 +84,20 @@ class Runner:
             return self.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
 
 
-def bench_one(name: str, path: Path, source_dir: Path, test_batches: list[dict], labels: np.ndarray,
-              real_singles: list[dict], metric: str, threads: int, repeats: int = 50) -> BenchRow:
+def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test_batches: list[dict],
+              labels: np.ndarray, real_singles: list[dict], metric: str, threads: int, vocab_size: int,
+              repeats: int = 50) -> BenchRow:
+    """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx."""
     torch.set_num_threads(threads)
-    runner = Runner(name, path, threads)
+    runner = Runner(path, threads, variant)
     runner(test_batches[0])  # warm-up
     start = time.perf_counter()
     logits = np.concatenate([runner(b) for b in test_batches])
     real_throughput = len(logits) / (time.perf_counter() - start)
     score = compute_metrics(logits, labels, metric)["score"]
-    b1 = _time(runner, [synthetic(1, 128)], repeats, warmup=5)
+    b1 = _time(runner, [synthetic(1, 128, vocab_size)], repeats, warmup=5)
     real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5)
-    b32 = _time(runner, [synthetic(32, 128)], max(3, repeats // 10), warmup=1)
+    b32 = _time(runner, [synthetic(32, 128, vocab_size)], max(3, repeats // 10), warmup=1)
     source = AutoModelForSequenceClassification.from_pretrained(source_dir)
     return BenchRow(name, runner.runtime, score, metric, float(np.percentile(b1, 50)), float(np.percentile(b1, 95)),
                     float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)), real_throughput,
@@ -114,14 +122,16 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     sources = {"teacher": finetune_teacher(ctx), "student-task": run_prediction(ctx)}
     if cfg.prune.enabled:
         sources["student-pruned"] = run_prune(ctx)
-    artifacts: list[tuple[str, Path, Path]] = [(name, folder, folder) for name, folder in sources.items()]
+    # (name, path, export variant or None for PyTorch, source folder)
+    artifacts: list[tuple[str, Path, str | None, Path]] = [(name, folder, None, folder)
+                                                           for name, folder in sources.items()]
     if cfg.export.enabled:
         export_dir = run_export(ctx)
         for name in cfg.export.models:
             for variant in cfg.export.formats:
                 if variant in cfg.bench.skip_formats:
                     continue
-                artifacts.append((f"{name} {variant}", export_dir / f"{name}-{variant}" / "model.onnx", sources[name]))
+                artifacts.append((name, export_dir / f"{name}-{variant}" / "model.onnx", variant, sources[name]))
     test = ctx.tokenized["test"]
     if cfg.bench.test_examples:
         test = test.select(range(min(cfg.bench.test_examples, len(test))))
@@ -132,10 +142,10 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
-    for name, path, source in artifacts:
-        row = bench_one(name.split(" ")[0], path, source, batches, np.concatenate(labels), singles, ctx.data.metric,
-                        threads, cfg.bench.repeats)
-        print(f"[bench] {name:<28} {row.runtime:<26} score {row.score:.4f}  p50 {row.p50_ms:7.1f} ms  "
+    for name, path, variant, source in artifacts:
+        row = bench_one(name, path, variant, source, batches, np.concatenate(labels), singles, ctx.data.metric,
+                        threads, len(ctx.tokenizer), cfg.bench.repeats)
+        print(f"[bench] {name:<16} {row.runtime:<26} score {row.score:.4f}  p50 {row.p50_ms:7.1f} ms  "
               f"p95 {row.p95_ms:7.1f} ms  b32 {row.throughput_b32:7.0f} ex/s  {row.size_mb:6.1f} MB")
         rows.append(asdict(row))
     extra = [f"Latency: CPU, {threads} threads, batch 1, sequence 128 (synthetic tokens), {cfg.bench.repeats} timed "
@@ -148,7 +158,7 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
                          if isinstance(v, (int, float))})
     folders = dict(sources)
     if cfg.export.enabled:
-        folders.update({p.parent.name: p.parent for _, p, _ in artifacts if p.suffix == ".onnx"})
+        folders.update({p.parent.name: p.parent for _, p, variant, _ in artifacts if variant is not None})
     tracker.log_artifacts(folders)
     tracker.finish()
     return rows

@@ -82,6 +82,15 @@ def _numpy_batches(loader, limit: int | None = None) -> list[dict[str, np.ndarra
     return out
 
 
+def _batches_and_labels(loader) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Model inputs and the labels of the same rows, in loader order (what the export check compares)."""
+    batches, labels = [], []
+    for batch in loader:
+        batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
+        labels.append(batch["labels"].numpy())
+    return batches, np.concatenate(labels)
+
+
 def pad_batch(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
     """Right-pad every input to ``length`` tokens (pad id 0, attention mask 0)."""
     return {k: np.pad(v, ((0, 0), (0, length - v.shape[1]))) for k, v in batch.items()}
@@ -107,22 +116,25 @@ def run_export(ctx: RunContext) -> Path:
     dev_set = ctx.tokenized["dev"]
     if e.check_examples:
         dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
-    check_batches = _numpy_batches(ctx.loader("dev", 64, dataset=dev_set))
+    check_batches, check_labels = _batches_and_labels(ctx.loader("dev", 64, dataset=dev_set))
     # calibration batches share one shape (the percentile calibrator stacks them): pad to task.max_len
     calibration = [pad_batch(b, ctx.cfg.task.max_len)
                    for b in _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)]
     calibration = [b for b in calibration if len(b["input_ids"]) == len(calibration[0]["input_ids"])]
     results = {}
     for name, folder in sources.items():
-        results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, calibration,
-                                     ctx.cfg.task.max_len, e.tensorrt)
+        results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,
+                                     calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop)
     stage.finish({"artifacts": results})
     return stage.dir
 
 
-def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, calibration,
-                 max_len: int, tensorrt: bool) -> dict:
-    """All requested formats of one model folder into out_dir/<name>-<format>/."""
+def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, check_labels,
+                 metric: str, calibration, max_len: int, tensorrt: bool, max_metric_drop: float) -> dict:
+    """All requested formats of one model folder into out_dir/<name>-<format>/, all or nothing.
+
+    Every format is built and checked in a work folder first; only when all pass do they replace
+    out_dir/<name>-<format>/. On any failure the work folder is removed and earlier artifacts stay."""
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():
         reference = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
@@ -130,6 +142,37 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
     work = out_dir / f".work-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        made = _build_formats(model, work, formats, check_batches, calibration)
+        checks = {variant: onnx_export.check(variant, reference,
+                                             onnx_export.onnx_logits(onnx_export.session(path), check_batches),
+                                             check_labels, metric, max_metric_drop)
+                  for variant, path in made.items()}
+        for variant, result in checks.items():
+            print(f"[export] {name} {variant}: {result.describe()}" + ("" if result.ok else "  FAILED"))
+        failed = [f"{variant}: {result.describe()}" for variant, result in checks.items() if not result.ok]
+        if failed:
+            raise onnx_export.ExportCheckError(f"{name}: check failed, no artifact of {name} kept; "
+                                               + "; ".join(failed))
+        staged = {variant: _stage_folder(made[variant], work / f"{name}-{variant}", out_dir / f"{name}-{variant}",
+                                         model_dir, checks[variant], max_len, tensorrt)
+                  for variant in formats}
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    results = {}
+    for variant in formats:  # every format passed: now replace the earlier artifacts
+        folder = out_dir / f"{name}-{variant}"
+        onnx_export.swap_in(staged[variant], folder)
+        results[variant] = {"folder": str(folder), "check": checks[variant].to_json(),
+                            "size_mb": (folder / "model.onnx").stat().st_size / 2**20}
+    shutil.rmtree(work, ignore_errors=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _build_formats(model, work: Path, formats: list[str], check_batches, calibration) -> dict[str, Path]:
+    """Write <work>/<format>.onnx for every requested format; returns {format: path}."""
     example = {k: torch.from_numpy(v[:1]) for k, v in check_batches[0].items()}
     fp32 = work / "fp32.onnx"
     onnx_export.export_fp32(model, fp32, example)
@@ -150,31 +193,22 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
     if "int8-qdq" in formats:
         onnx_export.quantize_int8_qdq(fp32, work / "int8-qdq.onnx", calibration)
         made["int8-qdq"] = work / "int8-qdq.onnx"
-    results = {}
-    for variant in formats:
-        path = made[variant]
-        logits = onnx_export.onnx_logits(onnx_export.session(path), check_batches)
-        result = onnx_export.check(variant, reference, logits)
-        line = (f"[export] {name} {variant}: max |logit diff| {result.max_abs_diff:.2e} (limit {result.max_abs_diff_limit:g}), "
-                f"agreement {result.agreement:.2%} (limit {result.agreement_limit:.1%}) on {result.examples} dev examples")
-        if not result.ok:
-            shutil.rmtree(work, ignore_errors=True)
-            raise onnx_export.ExportCheckError(f"{line}: check failed, artifact not kept")
-        print(line)
-        extra = {"fused_ops": {k: v for k, v in onnx_export.fused_op_counts(path).items()
-                               if k in ("Attention", "SkipLayerNormalization", "BiasGelu", "QLinearMatMul",
-                                        "DynamicQuantizeMatMul", "MatMulInteger", "QuantizeLinear")}}
-        folder = out_dir / f"{name}-{variant}"
-        onnx_export.write_folder(path, folder, model_dir, result, extra)
-        results[variant] = {"folder": str(folder), "check": result.__dict__,
-                            "size_mb": (folder / "model.onnx").stat().st_size / 2**20}
-        if variant in ("fp16", "int8-qdq") and tensorrt:
-            precision = "fp16" if variant == "fp16" else "int8"
-            engine = onnx_export.build_tensorrt_engine(folder / "model.onnx", precision, max_len)
-            if engine is None:
-                cmd = onnx_export.trtexec_command(folder / "model.onnx", precision, max_len)
-                (folder / "tensorrt.txt").write_text(cmd + "\n")
-                print(f"[export] tensorrt is not installed here; on the target device run:\n  {cmd}")
-    shutil.rmtree(work, ignore_errors=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
-    return results
+    return {variant: made[variant] for variant in formats}
+
+
+def _stage_folder(onnx_path: Path, staged: Path, final: Path, model_dir: Path, result, max_len: int,
+                  tensorrt: bool) -> Path:
+    """The artifact folder, complete (TensorRT engine or command included), written at ``staged``."""
+    extra = {"fused_ops": {k: v for k, v in onnx_export.fused_op_counts(onnx_path).items()
+                           if k in ("Attention", "SkipLayerNormalization", "BiasGelu", "QLinearMatMul",
+                                    "DynamicQuantizeMatMul", "MatMulInteger", "QuantizeLinear")}}
+    onnx_export.write_folder(onnx_path, staged, model_dir, result, extra)
+    variant = result.variant
+    if variant in ("fp16", "int8-qdq") and tensorrt:
+        precision = "fp16" if variant == "fp16" else "int8"
+        engine = onnx_export.build_tensorrt_engine(staged / "model.onnx", precision, max_len)
+        if engine is None:
+            cmd = onnx_export.trtexec_command(final / "model.onnx", precision, max_len)
+            (staged / "tensorrt.txt").write_text(cmd + "\n")
+            print(f"[export] tensorrt is not installed here; on the target device run:\n  {cmd}")
+    return staged

@@ -235,6 +235,7 @@ class ExportConfig:
     models: list[str] = field(default_factory=lambda: ["student-task", "student-pruned"])  # stages to export
     calibration_batches: int = 16  # task batches (of 32) that calibrate static INT8 (QDQ)
     check_examples: int = 0  # dev examples compared against PyTorch; 0 = the whole dev split
+    max_metric_drop: float = 0.01  # largest dev-metric drop a format may show against PyTorch (0.01 = 1 point)
     tensorrt: bool = True  # build engines where `tensorrt` imports; else print the trtexec command
 
     def validate(self, prefix: str) -> None:
@@ -245,6 +246,8 @@ class ExportConfig:
                    f"unknown model {m!r}; choose from teacher, student-task, student-pruned")
         _check(self.calibration_batches >= 1, f"{prefix}.calibration_batches", "must be >= 1")
         _check(self.check_examples >= 0, f"{prefix}.check_examples", "must be >= 0")
+        _check(0.0 <= self.max_metric_drop <= 1.0, f"{prefix}.max_metric_drop",
+               "must be in [0, 1] (score units: 0.01 = 1 point)")
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 Each artifact is a folder (model.onnx + config.json + tokenizer) that ONNX Runtime users can load with
 no code of ours. Before a folder is kept, its logits on the dev set are compared with the PyTorch
-model it came from; a failed check stops the pass with the figures and leaves nothing behind.
+model it came from (largest logit difference, prediction agreement, and the drop of the task's dev
+metric); a failed check stops the pass with the figures and leaves nothing behind.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from distill.metrics import compute_metrics
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
@@ -42,10 +46,33 @@ class CheckResult:
     max_abs_diff_limit: float
     agreement_limit: float
     examples: int
+    metric: str  # the task's dev metric, scored on the same examples for the source and the artifact
+    reference_score: float  # PyTorch source
+    score: float  # this artifact
+    metric_drop_limit: float  # largest allowed reference_score - score (0.01 = 1 point of accuracy)
+
+    @property
+    def metric_drop(self) -> float:
+        """How much worse the artifact scores than its source (negative: better); NaN on one side only is inf."""
+        if math.isnan(self.reference_score) and math.isnan(self.score):
+            return 0.0
+        if math.isnan(self.reference_score) or math.isnan(self.score):
+            return math.inf
+        return self.reference_score - self.score
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.max_abs_diff_limit and self.agreement >= self.agreement_limit
+        return (self.max_abs_diff <= self.max_abs_diff_limit and self.agreement >= self.agreement_limit
+                and self.metric_drop <= self.metric_drop_limit)
+
+    def describe(self) -> str:
+        return (f"max |logit diff| {self.max_abs_diff:.2e} (limit {self.max_abs_diff_limit:g}), agreement "
+                f"{self.agreement:.2%} (limit {self.agreement_limit:.1%}), dev {self.metric} {self.score:.4f} vs "
+                f"{self.reference_score:.4f} in PyTorch (drop {100 * self.metric_drop:.2f} points, limit "
+                f"{100 * self.metric_drop_limit:.2f}) on {self.examples} dev examples")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "metric_drop": self.metric_drop, "ok": self.ok}
 
 
 def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor]) -> None:
@@ -140,28 +167,41 @@ def onnx_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]]
     return np.concatenate([sess.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0] for b in batches])
 
 
-def check(variant: str, reference: np.ndarray, candidate: np.ndarray) -> CheckResult:
+def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, metric: str,
+          max_metric_drop: float) -> CheckResult:
+    """Compare an artifact's dev logits with its PyTorch source's, and both with the dev labels."""
+    if len(labels) != len(reference):
+        raise ValueError(f"{len(labels)} dev labels for {len(reference)} logits rows")
     limit_diff, limit_agree = TOLERANCE[variant]
     diff = float(np.abs(reference - candidate).max())
     if reference.shape[-1] == 1:  # regression: agreement = within 0.1 of the reference score
         agree = float(np.mean(np.abs(reference - candidate).reshape(-1) < 0.1))
     else:
         agree = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
-    return CheckResult(variant, diff, agree, limit_diff, limit_agree, len(reference))
+    reference_score = compute_metrics(reference, labels, metric)["score"]
+    score = compute_metrics(candidate, labels, metric)["score"]
+    return CheckResult(variant, diff, agree, limit_diff, limit_agree, len(reference), metric, reference_score, score,
+                       max_metric_drop)
 
 
 def write_folder(onnx_path: Path, folder: Path, model_dir: Path, result: CheckResult, extra: dict) -> None:
-    """Keep an artifact: model.onnx + config.json + tokenizer files + check.json, replaced atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.move(str(onnx_path), tmp / "model.onnx")
+    """Fill a new folder: model.onnx + config.json + tokenizer files + check.json."""
+    folder.mkdir(parents=True)
+    shutil.move(str(onnx_path), folder / "model.onnx")
     for item in Path(model_dir).iterdir():
         if item.suffix in (".json", ".txt") and item.name != "check.json":
-            shutil.copy(item, tmp / item.name)
-    (tmp / "check.json").write_text(json.dumps({**asdict(result), **extra}, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+            shutil.copy(item, folder / item.name)
+    (folder / "check.json").write_text(json.dumps({**result.to_json(), **extra}, indent=1))
+
+
+def swap_in(staged: Path, folder: Path) -> None:
+    """Put a finished folder in place of ``folder``: at every instant ``folder`` or ``folder.old`` is complete."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    staged.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def trtexec_command(onnx_path: Path, precision: str, max_len: int, max_batch: int = 32) -> str:

@@ -26,22 +26,28 @@ BERT_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16
 TINYBERT_4 = dict(hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200)
 
 
+VOCAB_SIZE = 30522  # BERT-base/large uncased
+
+
 def _model(shape: dict) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=30522, num_labels=2, **shape)).eval()
+    model = BertForSequenceClassification(BertConfig(vocab_size=VOCAB_SIZE, num_labels=2, **shape)).eval()
     return model
 
 
 def _profile(sess_path: Path, feed: dict, threads: int, runs: int = 20) -> dict[str, float]:
+    """Milliseconds per run by operator type; ONNX Runtime's trace file goes to a temporary folder."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
-    sess = ort.InferenceSession(str(sess_path), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        sess.run(["logits"], feed)
-    trace = json.loads(Path(sess.end_profiling()).read_text())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(trace_dir) / "ort_profile")  # default: ./onnxruntime_profile_*
+        sess = ort.InferenceSession(str(sess_path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            sess.run(["logits"], feed)
+        trace = json.loads(Path(sess.end_profiling()).read_text())
     per_op: dict[str, float] = defaultdict(float)
     for event in trace:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per model after warm-up")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    feed = synthetic(1, 128)
+    feed = synthetic(1, 128, VOCAB_SIZE)
     teacher = _model(BERT_LARGE)
     teacher.set_attn_implementation("sdpa")
     with torch.inference_mode():

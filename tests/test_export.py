@@ -8,9 +8,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from distill import export as onnx_export
 from distill.batching import make_loader, tokenize
-from distill.compress import _numpy_batches, export_model, pad_batch
+from distill.compress import _batches_and_labels, export_model, pad_batch
 from distill.data import load_local
 from distill.prune import prune_model
+
+MAX_DROP = 0.01
 
 
 @pytest.fixture()
@@ -25,49 +27,88 @@ def decisive_teacher(tmp_path, tiny_teacher_dir, tokenizer):
     return folder
 
 
-def test_every_format_is_checked_kept_and_loadable_without_our_code(tmp_path, decisive_teacher, tokenizer, task_folder):
+@pytest.fixture()
+def dev_batches(task_folder, tokenizer):
+    """(batches, labels) over the task's train split, the rows the export check compares."""
     data = load_local(task_folder)
-    batches = _numpy_batches(make_loader(tokenize(data.train, tokenizer, 32), tokenizer, 8, shuffle=False))
+    return _batches_and_labels(make_loader(tokenize(data.train, tokenizer, 32), tokenizer, 8, shuffle=False))
+
+
+def _pytorch_logits(folder, batches) -> np.ndarray:
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return np.concatenate([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches])
+
+
+def _ort_logits(folder, batches) -> np.ndarray:
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(["logits"], b)[0] for b in batches])
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_format_is_checked_kept_and_loadable_without_our_code(tmp_path, decisive_teacher, tokenizer,
+                                                                    dev_batches, capsys):
+    batches, labels = dev_batches
     calibration = [pad_batch(b, 32) for b in batches[:4]]  # as run_export does: one shape for the calibrator
     results = export_model(decisive_teacher, tmp_path / "export", "student-task", list(onnx_export.TOLERANCE),
-                           batches, calibration, 32, tensorrt=True)
+                           batches, labels, "accuracy", calibration, 32, tensorrt=True, max_metric_drop=MAX_DROP)
     assert set(results) == set(onnx_export.TOLERANCE)
+    log = capsys.readouterr().out
+    reference = _pytorch_logits(decisive_teacher, batches)  # computed here, not taken from export_model
+    reference_accuracy = float(np.mean(reference.argmax(-1) == labels))
+    texts = ["a wonderful film", "a dreadful film indeed"]
     model = AutoModelForSequenceClassification.from_pretrained(decisive_teacher).eval()
-    enc = tokenizer(["a wonderful film", "a dreadful film indeed"], padding=True, return_tensors="np")
     with torch.no_grad():
-        ref = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+        ref = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
     for variant, info in results.items():
         folder = tmp_path / "export" / f"student-task-{variant}"
         # a user needs only onnxruntime + the folder: tokenizer, config and model are all there
         tok = AutoTokenizer.from_pretrained(folder)
         assert AutoConfig.from_pretrained(folder).id2label
         sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        feed = {k: v.astype(np.int64) for k, v in tok(["a wonderful film", "a dreadful film indeed"], padding=True,
-                                                      return_tensors="np").items()}
+        feed = {k: v.astype(np.int64) for k, v in tok(texts, padding=True, return_tensors="np").items()}
         out = sess.run(["logits"], feed)[0]
         assert out.shape == ref.shape
+        # independent of export_model's own check: ORT against PyTorch on the check rows, here
+        logits = _ort_logits(folder, batches)
+        diff_limit, agreement_limit = onnx_export.TOLERANCE[variant]
         if variant in ("fp32", "fp32-fused", "fp16"):
-            np.testing.assert_allclose(out, ref, atol=onnx_export.TOLERANCE[variant][0])
+            np.testing.assert_allclose(out, ref, atol=diff_limit)
+            np.testing.assert_allclose(logits, reference, atol=diff_limit)
+        agreement = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
+        accuracy = float(np.mean(logits.argmax(-1) == labels))
+        assert agreement >= agreement_limit and reference_accuracy - accuracy <= MAX_DROP, variant
+        # what check.json and the log report are these figures
         check = json.loads((folder / "check.json").read_text())
-        assert check["agreement"] >= check["agreement_limit"]
+        assert check["agreement"] == pytest.approx(agreement) and check["score"] == pytest.approx(accuracy)
+        assert check["reference_score"] == pytest.approx(reference_accuracy) and check["metric"] == "accuracy"
+        assert check["metric_drop"] == pytest.approx(reference_accuracy - accuracy)
+        assert check["metric_drop_limit"] == MAX_DROP and check["ok"] is True
+        assert f"student-task {variant}: " in log and f"dev accuracy {accuracy:.4f} vs {reference_accuracy:.4f}" in log
     fused_ops = json.loads((tmp_path / "export" / "student-task-fp32-fused" / "check.json").read_text())["fused_ops"]
     assert fused_ops.get("Attention", 0) == 4 and fused_ops.get("SkipLayerNormalization", 0) >= 4
-    assert "trtexec --onnx=" in (tmp_path / "export" / "student-task-fp16" / "tensorrt.txt").read_text()
+    trt = (tmp_path / "export" / "student-task-fp16" / "tensorrt.txt").read_text()
+    kept = tmp_path / "export" / "student-task-fp16" / "model.onnx"
+    assert f"--onnx={kept} " in trt  # the kept path, not the work folder's
     size32 = results["fp32"]["size_mb"]
     assert results["int8-dynamic"]["size_mb"] < 0.5 * size32
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(
+        [f"student-task-{v}" for v in onnx_export.TOLERANCE] + ["student-task.json"])  # no work folder left
 
 
-def test_pruned_model_exports_with_dynamic_axes(tmp_path, decisive_teacher, tokenizer, task_folder):
+def test_pruned_model_exports_with_dynamic_axes(tmp_path, decisive_teacher, tokenizer, dev_batches):
     model = AutoModelForSequenceClassification.from_pretrained(decisive_teacher).eval()
     example = dict(tokenizer(["a film"], return_tensors="pt"))
     pruned, _ = prune_model(model, example, 0.5, importance="magnitude", layer_ratios=[0.5, 0.25, 0.5, 0.75])
     folder = tmp_path / "pruned"
     pruned.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    data = load_local(task_folder)
-    batches = _numpy_batches(make_loader(tokenize(data.train, tokenizer, 32), tokenizer, 8, shuffle=False))
+    batches, labels = dev_batches
     results = export_model(folder, tmp_path / "export", "student-pruned", ["fp32", "fp32-fused", "int8-dynamic"],
-                           batches, batches[:2], 32, tensorrt=False)
+                           batches, labels, "accuracy", batches[:2], 32, tensorrt=False, max_metric_drop=MAX_DROP)
     sess = ort.InferenceSession(results["fp32-fused"]["folder"] + "/model.onnx", providers=["CPUExecutionProvider"])
     for batch, seq in ((1, 5), (3, 17)):  # dynamic batch and sequence axes
         feed = {"input_ids": np.full((batch, seq), 2000, np.int64), "attention_mask": np.ones((batch, seq), np.int64),
@@ -75,7 +116,46 @@ def test_pruned_model_exports_with_dynamic_axes(tmp_path, decisive_teacher, toke
         assert sess.run(["logits"], feed)[0].shape == (batch, 2)
 
 
-def test_a_failed_check_keeps_nothing(tmp_path):
-    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
-    bad = onnx_export.check("fp32", ref, ref[::-1])
-    assert not bad.ok and bad.agreement == 0.0
+def test_a_failed_check_keeps_nothing_new_and_leaves_earlier_artifacts_intact(tmp_path, decisive_teacher, dev_batches,
+                                                                              monkeypatch):
+    batches, labels = dev_batches
+    formats = ["fp32", "int8-dynamic"]
+    # first: a run where int8 fails (max diff limit 0) in a fresh folder leaves no folder at all, fp32's neither
+    monkeypatch.setitem(onnx_export.TOLERANCE, "int8-dynamic", (0.0, 0.97))
+    fresh = tmp_path / "fresh"
+    failed = "no artifact of student-task kept; int8-dynamic: max .logit diff"
+    with pytest.raises(onnx_export.ExportCheckError, match=failed):
+        export_model(decisive_teacher, fresh, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
+                     tensorrt=False, max_metric_drop=MAX_DROP)
+    assert list(fresh.iterdir()) == []
+    # then: earlier finished artifacts survive a failed re-export byte for byte
+    monkeypatch.undo()
+    out = tmp_path / "export"
+    export_model(decisive_teacher, out, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
+                 tensorrt=False, max_metric_drop=MAX_DROP)
+    before = {p.name: _tree(p) if p.is_dir() else p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setitem(onnx_export.TOLERANCE, "int8-dynamic", (0.0, 0.97))
+    with pytest.raises(onnx_export.ExportCheckError):
+        export_model(decisive_teacher, out, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
+                     tensorrt=False, max_metric_drop=MAX_DROP)
+    assert {p.name: _tree(p) if p.is_dir() else p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_metric_drop_is_bounded_even_when_agreement_passes():
+    """int8-qdq accepts 95% agreement; 4 flipped predictions of 100, all from right to wrong, cost 4 points."""
+    labels = np.arange(100) % 2
+    reference = np.eye(2)[labels] * 3.0  # always right
+    candidate = reference.copy()
+    candidate[:4] = candidate[:4, ::-1]
+    result = onnx_export.check("int8-qdq", reference, candidate, labels, "accuracy", max_metric_drop=0.01)
+    assert result.agreement == pytest.approx(0.96) and result.agreement >= result.agreement_limit
+    assert result.reference_score == 1.0 and result.score == pytest.approx(0.96)
+    assert result.metric_drop == pytest.approx(0.04) and not result.ok
+    assert "drop 4.00 points, limit 1.00" in result.describe()
+    assert onnx_export.check("int8-qdq", reference, candidate, labels, "accuracy", max_metric_drop=0.05).ok
+    # flips that make the artifact better are no drop; a NaN score on one side only is a failure
+    assert onnx_export.check("int8-qdq", candidate, reference, labels, "accuracy", 0.01).metric_drop < 0
+    scores = np.linspace(0, 1, 10)[:, None]
+    constant = np.zeros_like(scores)
+    with np.errstate(all="ignore"), pytest.warns(Warning):
+        assert not onnx_export.check("fp32", scores, constant, scores[:, 0], "pearson", 0.01).ok

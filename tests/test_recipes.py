@@ -1,5 +1,6 @@
 """The BERT-large recipes build and run a few steps against a local BERT-large-shaped teacher folder
 with random weights and a local GLUE-shaped task (no network). Slow: a 335M-parameter teacher on CPU."""
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -7,8 +8,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
+from safetensors import safe_open
+
 from distill import pipeline
 from distill.config import load_config
+from distill.tracking import read_metrics
+from students.presets import resolve_shape
 
 RECIPES = ["tinybert_sst2", "tinybert_mrpc", "tinybert_rte", "distilbert_sst2"]
 
@@ -54,6 +59,38 @@ def test_recipe_runs_a_few_steps_on_a_bert_large_shaped_teacher(recipe, tmp_path
         overrides += [f"{section}.{s}" for s in steps]
     cfg = load_config(f"experiments/{recipe}.yaml", overrides)
     pipeline.run_distill(cfg)
-    assert (cfg.run_dir / "student-task" / "DONE").is_file()
-    assert (cfg.run_dir / "student-pruned" / "DONE").is_file()
-    assert (cfg.run_dir / "report.md").is_file()
+    run = cfg.run_dir
+    trained = ["teacher", "student-general", "student-intermediate", "student-task", "student-pruned"]
+    for stage in trained:  # every stage ran its 2 optimizer steps and logged each
+        assert (run / stage / "DONE").is_file(), stage
+        assert [r["step"] for r in read_metrics(run / stage / "metrics.jsonl") if "loss" in r] == [1, 2], stage
+    assert (run / "report.md").is_file()
+    # each stage changed the weights it started from
+    assert not torch.equal(_tensor(bert_large_folder, "bert.encoder.layer.0.attention.self.query.weight"),
+                           _tensor(run / "teacher" / "model", "bert.encoder.layer.0.attention.self.query.weight"))
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    for before, after in zip(trained[1:3], trained[2:4]):
+        assert not torch.equal(_tensor(run / before / "model", name), _tensor(run / after / "model", name)), after
+    assert not torch.equal(_tensor(run / "student-task" / "model", "classifier.weight"),
+                           _tensor(run / "student-pruned" / "model", "classifier.weight"))
+    # the saved students have the recipe's shape, the pruned one the recipe's ratio in every layer
+    shape = resolve_shape(cfg.student.preset, cfg.student.layers, cfg.student.hidden, cfg.student.heads,
+                          cfg.student.ffn)
+    task = json.loads((run / "student-task" / "model" / "config.json").read_text())
+    assert (task["num_hidden_layers"], task["hidden_size"], task["num_attention_heads"], task["intermediate_size"]) == (
+        shape.layers, shape.hidden, shape.heads, shape.ffn)
+    assert _tensor(run / "student-task" / "model", name).shape == (shape.ffn, shape.hidden)
+    pruned = json.loads((run / "student-pruned" / "model" / "config.json").read_text())
+    keep = 1.0 - cfg.prune.ratio
+    assert pruned["hidden_size"] == shape.hidden
+    assert pruned["layer_heads"] == [round(shape.heads * keep)] * shape.layers
+    assert pruned["layer_ffn"] == [round(shape.ffn * keep)] * shape.layers
+    assert _tensor(run / "student-pruned" / "model", "bert.encoder.layer.0.attention.self.query.weight").shape == (
+        round(shape.heads * keep) * shape.hidden // shape.heads, shape.hidden)
+
+
+def _tensor(folder: Path, name: str) -> torch.Tensor:
+    """One saved tensor; ``bert.``-prefixed names also find a bare encoder's (a BertModel general student)."""
+    with safe_open(str(Path(folder) / "model.safetensors"), "pt") as weights:
+        keys = set(weights.keys())
+        return weights.get_tensor(name if name in keys else name.removeprefix("bert."))
