@@ -3,12 +3,19 @@ process writes files (checkpoints, model folders, stage records, metrics), and t
 from __future__ import annotations
 
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+
+
+def _state() -> PartialState:
+    # the first PartialState fixes the process group for the whole process; Accelerator reads the CPU
+    # flag of `accelerate launch --cpu` from the environment, a bare PartialState does not: read it here too
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def is_main_process() -> bool:
-    return PartialState().is_main_process
+    return _state().is_main_process
 
 
 def wait_for_everyone() -> None:
     """A barrier across processes; nothing in a single process."""
-    PartialState().wait_for_everyone()
+    _state().wait_for_everyone()
