@@ -13,7 +13,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -103,6 +103,22 @@ def fresh_accelerator(cfg: TrainConfig) -> Accelerator:
                        gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
 
 
+def _resume_settings(cfg: TrainConfig) -> dict:
+    """The settings a checkpoint's position depends on (how often it saves or logs does not matter)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")}
+
+
+def _check_resumable(saved: dict, fresh: dict, ckpt: Path) -> None:
+    if saved.get("processes", fresh["processes"]) != fresh["processes"]:
+        raise RuntimeError(f"{ckpt} was written by {saved['processes']} processes and this run has "
+                           f"{fresh['processes']}: resume with the same number of processes, or delete that folder")
+    old = saved.get("settings", fresh["settings"])
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fresh["settings"].items() if old.get(k) != v]
+    if changed:
+        raise RuntimeError(f"{ckpt} was written with other training settings ({'; '.join(changed)}): restore "
+                           "them to resume, or delete that folder to start this training again")
+
+
 def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: Path, *,
           save_model: Callable[[nn.Module, Path], None],
           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -144,9 +160,11 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
     accelerator.register_for_checkpointing(scheduler)
     objective.trainable = model
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_score": None, "best_step": None, "history": []}
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_score": None, "best_step": None, "history": [],
+             "settings": _resume_settings(cfg), "processes": accelerator.num_processes}
     rng_at_checkpoint = None
     if saved is not None:
+        _check_resumable(saved, state, ckpt)
         accelerator.load_state(str(ckpt))
         rng_at_checkpoint = _rng_state()  # re-applied once the data iterator exists (creating it draws a seed)
         state = {**state, **saved}
