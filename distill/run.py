@@ -95,8 +95,8 @@ class StageRun:
                 f"stage '{self.name}' in {self.dir} already finished with other settings ({'; '.join(changes[:4])}); "
                 "pick a new run_id=... or delete that folder to rebuild it")
         if not same:
-            print(f"[{self.name}] settings changed since the unfinished attempt; starting this stage again")
             if is_main_process():
+                print(f"[{self.name}] settings changed since the unfinished attempt; starting this stage again")
                 remove_folder(self.dir)
             wait_for_everyone()
         return False
