@@ -48,22 +48,26 @@ def test_replace_folder_leaves_a_complete_copy_at_every_crash_point(tmp_path, mo
 
 
 def test_export_folder_swap_killed_midway_keeps_the_previous_artifact(tmp_path, monkeypatch):
-    from distill.export import CheckResult, write_folder
+    from distill.export import CheckResult, swap_in, write_folder
 
     model_dir = tmp_path / "src"
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
-    result = CheckResult("fp32", 0.0, 1.0, 1e-4, 0.99, 4)
+    result = CheckResult("fp32", 0.0, 1.0, 1e-4, 0.99, 4, "accuracy", 1.0, 1.0, 0.01)
     folder = tmp_path / "m-fp32"
-    (tmp_path / "a.onnx").write_text("first")
-    write_folder(tmp_path / "a.onnx", folder, model_dir, result, {})
-    (tmp_path / "b.onnx").write_text("second")
+    for text in ("first", "second"):
+        (tmp_path / "a.onnx").write_text(text)
+        write_folder(tmp_path / "a.onnx", tmp_path / "work" / "m-fp32.tmp", model_dir, result, {})
+        if text == "first":
+            swap_in(tmp_path / "work" / "m-fp32.tmp", folder)
     with monkeypatch.context() as patch:
         CrashOnRename(patch, "m-fp32")
         with pytest.raises(Crash):
-            write_folder(tmp_path / "b.onnx", folder, model_dir, result, {})
+            swap_in(tmp_path / "work" / "m-fp32.tmp", folder)
     assert recover_folder(folder) and (folder / "model.onnx").read_text() == "first"
     assert json.loads((folder / "check.json").read_text())["variant"] == "fp32"
+    swap_in(tmp_path / "work" / "m-fp32.tmp", folder)
+    assert (folder / "model.onnx").read_text() == "second" and not (tmp_path / "m-fp32.old").exists()
 
 
 def _stage(run_dir, **settings):
