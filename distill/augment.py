@@ -18,6 +18,8 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from distill.context import RunContext
+from distill.fsutil import replace_folder
+from distill.ranks import is_main_process
 
 Word = tuple[int, tuple[int, ...], bool]  # (segment, piece ids, replaceable)
 
@@ -160,7 +162,7 @@ def augmented_train_set(ctx: RunContext, teacher_dir: Path) -> Dataset:
     extra = Dataset.from_list([{**m, "labels": y} for m, y in zip(made, labels)])
     keep = ["input_ids", "token_type_ids", "attention_mask", "length", "labels"]
     result = concatenate_datasets([train.select_columns(keep).cast(extra.features), extra])
-    tmp = cache.with_name(cache.name + ".tmp")
-    result.save_to_disk(str(tmp))
-    tmp.rename(cache)
+    if not is_main_process():  # every rank computed the same set; only the main one writes the cache
+        return result
+    replace_folder(cache, lambda tmp: result.save_to_disk(str(tmp)))
     return load_from_disk(str(cache))

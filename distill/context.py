@@ -1,16 +1,19 @@
 """What every stage of a run shares: the config, the task data, the tokenizer, trackers, saving."""
 from __future__ import annotations
 
-import shutil
 from functools import cached_property
 from pathlib import Path
 
+import yaml
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from distill.batching import make_loader, tokenize
-from distill.config import ExperimentConfig, save_config, to_dict
+from distill.config import ExperimentConfig, to_dict
 from distill.data import TaskData, load_task
+from distill.fsutil import replace_folder, write_text_atomic
+from distill.ranks import is_main_process
+from distill.run import on_first_stage_start
 from distill.tracking import Tracker, git_commit
 
 
@@ -19,7 +22,14 @@ class RunContext:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        # config.yaml describes the run folder's artifacts: it is written when a stage starts work, after
+        # the stage checks passed, never by a command that a finished stage then refuses
+        on_first_stage_start(self.run_dir, self.save_config)
+
+    def save_config(self) -> None:
+        if is_main_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
 
     @cached_property
     def data(self) -> TaskData:
@@ -57,14 +67,8 @@ class RunContext:
 
 
 def save_hf_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    """Weights (safetensors), config and tokenizer, swapped in with ``replace_folder`` (crash-safe)."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    replace_folder(folder, write)

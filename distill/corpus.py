@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -79,9 +80,9 @@ def load_paragraphs(corpus: str, cache_dir: Path | None = None) -> list[str]:
                 return cached.read_text().split("\n")
             paragraphs = wiki_paragraphs(source)
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks may write it at once
             tmp.write_text("\n".join(paragraphs))
-            tmp.rename(cached)
+            os.replace(tmp, cached)
             return paragraphs
         return wiki_paragraphs(source)
     path = Path(corpus)

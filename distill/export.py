@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from distill.metrics import compute_metrics
+from distill.fsutil import commit_replace
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
@@ -196,12 +197,7 @@ def write_folder(onnx_path: Path, folder: Path, model_dir: Path, result: CheckRe
 
 def swap_in(staged: Path, folder: Path) -> None:
     """Put a finished folder in place of ``folder``: at every instant ``folder`` or ``folder.old`` is complete."""
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    staged.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    commit_replace(folder, staged)
 
 
 def trtexec_command(onnx_path: Path, precision: str, max_len: int, max_batch: int = 32) -> str:

@@ -2,17 +2,22 @@
 
 A stage records the settings it was built from. Finished with the same settings: reused. Finished with
 different settings: refused (a finished artifact is never overwritten). Unfinished: resumed, or
-restarted when its settings changed.
+restarted when its settings changed. A stage's training checkpoint lives until the stage is recorded
+done, so a kill at any point never trains a stage twice. Under several processes every rank reads the
+records and only the main one writes them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from distill.fingerprint import stage_value
+from distill.fsutil import recover_folder, remove_folder, write_text_atomic
+from distill.ranks import is_main_process, wait_for_everyone
+
+CHECKPOINT = "checkpoint"  # the trainer's folder inside a stage (distill.trainer.CHECKPOINT)
 
 
 class StageConflictError(RuntimeError):
@@ -20,6 +25,13 @@ class StageConflictError(RuntimeError):
 
 
 _ANNOUNCED: set[str] = set()
+_ON_FIRST_START: dict[Path, Callable[[], None]] = {}
+
+
+def on_first_stage_start(run_dir: Path, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once, when the first stage of ``run_dir`` starts work in this process (e.g. to
+    record the run's config only once the stage checks have passed)."""
+    _ON_FIRST_START[Path(run_dir).resolve()] = callback
 
 
 def announce_once(key: str, message: str) -> None:
@@ -65,29 +77,48 @@ class StageRun:
 
     def is_done(self) -> bool:
         """True when finished with these settings; raises when finished with other settings."""
-        if not self._stage_file.is_file():
+        recorded = json.loads(self._stage_file.read_text()) if self._stage_file.is_file() else None
+        done = self._done_file.is_file()
+        wait_for_everyone()  # every rank has read the records before the main one changes them
+        if recorded is None:
             return False
-        recorded = json.loads(self._stage_file.read_text())
         same = recorded.get("fingerprint") == self.fingerprint
-        if self._done_file.is_file():
+        if done:
             if same:
+                if is_main_process():  # a kill after DONE was written may have left these behind
+                    remove_folder(self.dir / CHECKPOINT)
+                    recover_folder(self.model_dir)
+                wait_for_everyone()
                 return True
             changes = _diff(recorded.get("settings", {}), self.settings)
             raise StageConflictError(
                 f"stage '{self.name}' in {self.dir} already finished with other settings ({'; '.join(changes[:4])}); "
                 "pick a new run_id=... or delete that folder to rebuild it")
         if not same:
-            print(f"[{self.name}] settings changed since the unfinished attempt; starting this stage again")
-            shutil.rmtree(self.dir)
+            if is_main_process():
+                print(f"[{self.name}] settings changed since the unfinished attempt; starting this stage again")
+                remove_folder(self.dir)
+            wait_for_everyone()
         return False
 
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._stage_file.write_text(json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, indent=1))
+        """Record the settings; the stage's work begins (the first start also records the run's config)."""
+        callback = _ON_FIRST_START.pop(self.dir.parent.resolve(), None)
+        if callback is not None:
+            callback()
+        if is_main_process():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self._stage_file,
+                              json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, indent=1))
+        wait_for_everyone()
 
     def finish(self, result: dict[str, Any]) -> None:
-        (self.dir / "result.json").write_text(json.dumps(result, indent=1))
-        self._done_file.write_text(self.fingerprint + "\n")
+        """Record the result, mark the stage done, then drop the training checkpoint (in that order)."""
+        if is_main_process():
+            write_text_atomic(self.dir / "result.json", json.dumps(result, indent=1))
+            write_text_atomic(self._done_file, self.fingerprint + "\n")
+            remove_folder(self.dir / CHECKPOINT)
+        wait_for_everyone()
 
     def result(self) -> dict[str, Any]:
         path = self.dir / "result.json"

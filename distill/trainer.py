@@ -3,7 +3,8 @@ after pruning) hands it an objective and data; nothing else trains a model.
 
 Accelerate handles devices, mixed precision, gradient accumulation and distributed runs. A run killed
 at any point and restarted with the same command continues from its last checkpoint: model,
-optimizer, scheduler, RNG states and position in the data are restored.
+optimizer, scheduler, RNG states and position in the data (epoch and batch) are restored, so the
+resumed run ends with the weights an uninterrupted run would have (same machine, same process count).
 """
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import itertools
 import json
 import math
 import random
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -27,9 +28,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distill.config import TrainConfig
+from distill.fsutil import begin_replace, commit_replace, recover_folder, scratch_path
+from distill.ranks import is_main_process, wait_for_everyone
+from distill.run import CHECKPOINT
 from distill.tracking import Tracker
 
-CHECKPOINT = "checkpoint"
 BEST = "model"
 
 
@@ -90,6 +93,32 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
 
 
+def fresh_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator with this stage's precision and accumulation. accelerate keeps both in process-wide
+    singletons that refuse a second value, so a pipeline whose stages differ would crash at the second
+    stage: the per-stage state is reset first (the process group, PartialState, is kept)."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=resolve_precision(cfg.mixed_precision),
+                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
+
+
+def _resume_settings(cfg: TrainConfig) -> dict:
+    """The settings a checkpoint's position depends on (how often it saves or logs does not matter)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")}
+
+
+def _check_resumable(saved: dict, fresh: dict, ckpt: Path) -> None:
+    if saved.get("processes", fresh["processes"]) != fresh["processes"]:
+        raise RuntimeError(f"{ckpt} was written by {saved['processes']} processes and this run has "
+                           f"{fresh['processes']}: resume with the same number of processes, or delete that folder")
+    old = saved.get("settings", fresh["settings"])
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in fresh["settings"].items() if old.get(k) != v]
+    if changed:
+        raise RuntimeError(f"{ckpt} was written with other training settings ({'; '.join(changed)}): restore "
+                           "them to resume, or delete that folder to start this training again")
+
+
 def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: Path, *,
           save_model: Callable[[nn.Module, Path], None],
           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -98,63 +127,100 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
 
     ``evaluate(trainable)`` returns metrics with a ``score`` (higher is better); without it the last
     model is kept. ``save_model(trainable, folder)`` writes the artifact (e.g. a Hugging Face folder).
+
+    ``out_dir/checkpoint`` is left behind marked finished: called again, train() returns at once. The
+    caller deletes it once the result is recorded (``StageRun.finish``), so a kill in between never
+    trains the stage again. Under several processes only the main one writes; the others wait.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt, best_dir = out_dir / CHECKPOINT, out_dir / BEST
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        recover_folder(ckpt)  # a kill mid-swap left the complete copy under checkpoint.old
+        recover_folder(best_dir)
+    wait_for_everyone()
+    saved = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else None
+    if saved is not None and saved.get("finished"):
+        if is_main_process():
+            print(f"[{desc}] already trained ({saved['step']} steps, {ckpt} marked finished)")
+        return TrainResult(saved["step"], saved["best_score"], best_dir, saved.get("history", []))
+
     set_seed(seed)
-    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
+    accelerator = fresh_accelerator(cfg)
     objective.to(accelerator.device)
     model = objective.trainable
+    sampler = getattr(loader, "batch_sampler", None)  # our own; accelerate's wrappers do not pass set_epoch on
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     if len(loader) == 0:
         raise ValueError(f"{desc}: no training batches (the training set is empty); check the task data or corpus")
+    loader = accelerator.prepare(loader)  # first: with N processes each one sees 1/N of the batches
     steps = total_steps(cfg, len(loader))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     objective.trainable = model
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_score": None, "best_step": None}
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_score": None, "best_step": None, "history": [],
+             "settings": _resume_settings(cfg), "processes": accelerator.num_processes}
     rng_at_checkpoint = None
-    ckpt = out_dir / CHECKPOINT
-    if (ckpt / "trainer_state.json").is_file():
+    if saved is not None:
+        _check_resumable(saved, state, ckpt)
         accelerator.load_state(str(ckpt))
         rng_at_checkpoint = _rng_state()  # re-applied once the data iterator exists (creating it draws a seed)
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = {**state, **saved}
         accelerator.print(f"[{desc}] resuming from step {state['step']}/{steps} ({ckpt})")
+    if tracker and accelerator.is_main_process:
+        tracker.rewind(state["step"])  # records past the checkpoint are logged again below
+    history: list[dict] = state["history"]
 
-    def save_checkpoint() -> None:
-        tmp = out_dir / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(str(tmp))
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tmp.rename(ckpt)  # atomic: a kill during save leaves the previous checkpoint intact
+    def save_checkpoint(finished: bool = False) -> None:
+        """Model, optimizer, scheduler, RNG of every rank and the loop's position, swapped in crash-safely."""
+        if accelerator.is_main_process:
+            begin_replace(ckpt)
+        accelerator.wait_for_everyone()
+        tmp = scratch_path(ckpt)
+        if finished:  # the model folder is final: only the loop's record is needed
+            if accelerator.is_main_process:
+                tmp.mkdir()
+        else:
+            accelerator.save_state(str(tmp))  # each rank writes its RNG state; the main rank the rest
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps({**state, "finished": finished}))
+            commit_replace(ckpt)
+        accelerator.wait_for_everyone()
+
+    def keep_model() -> None:
+        if accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(model), best_dir)
+        accelerator.wait_for_everyone()
 
     def run_eval() -> None:
         model.eval()
         with torch.no_grad():
             metrics = evaluate(accelerator.unwrap_model(model))
         model.train()
-        if tracker:
+        if tracker and accelerator.is_main_process:
             tracker.log({f"dev_{k}": v for k, v in metrics.items()}, state["step"])
         if state["best_score"] is None or metrics["score"] > state["best_score"]:
             state["best_score"], state["best_step"] = metrics["score"], state["step"]
-            save_model(accelerator.unwrap_model(model), out_dir / BEST)
-        bar.write(f"[{desc}] step {state['step']}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                  + f" (best {state['best_score']:.4f} @ {state['best_step']})")
+            keep_model()
+        if accelerator.is_main_process:
+            bar.write(f"[{desc}] step {state['step']}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                      + f" (best {state['best_score']:.4f} @ {state['best_step']})")
 
     model.train()
     bar = tqdm(total=steps, initial=state["step"], desc=desc, dynamic_ncols=True, disable=not accelerator.is_main_process)
-    history: list[dict] = []
     window_terms: dict[str, float] = {}
     window_count, window_examples, window_start = 0, 0, time.perf_counter()
     while state["step"] < steps:
+        # the batch order depends on (seed, epoch) only: set it on the sampler itself, before any skip
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(state["epoch"])
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(state["epoch"])
         epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"]) \
             if state["batches_in_epoch"] else loader
-        if hasattr(epoch_loader, "set_epoch"):  # the batch order depends on (seed, epoch) only
-            epoch_loader.set_epoch(state["epoch"])
         batches = iter(epoch_loader)
         if rng_at_checkpoint is not None:  # the first fetch draws the loader's seed, as it did before the kill
             first = next(batches, None)
@@ -185,7 +251,7 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
                 record.update(lr=scheduler.get_last_lr()[0], examples_per_s=window_examples / max(elapsed, 1e-9),
                               epoch=state["epoch"])
                 history.append({"step": state["step"], **record})
-                if tracker:
+                if tracker and accelerator.is_main_process:
                     tracker.log(record, state["step"])
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
                 window_terms, window_count, window_examples, window_start = {}, 0, 0, time.perf_counter()
@@ -203,7 +269,7 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
         if state["best_step"] != state["step"]:
             run_eval()
     else:
-        save_model(accelerator.unwrap_model(model), out_dir / BEST)
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the model folder is the artifact
+        keep_model()
+    save_checkpoint(finished=True)
     accelerator.free_memory()
-    return TrainResult(state["step"], state["best_score"], out_dir / BEST, history)
+    return TrainResult(state["step"], state["best_score"], best_dir, history)

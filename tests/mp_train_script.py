@@ -1,0 +1,84 @@
+"""One stage trained by every process of `accelerate launch --num_processes 2 --cpu` (see test_multiprocess.py).
+
+Each rank writes what it saw to <out>/rank<i>.json; the test compares the ranks with each other, with the
+sampler and with the files in the stage folder.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from distill import assets
+from distill.batching import LengthGroupedBatchSampler, make_loader, tokenize
+from distill.config import TrainConfig
+from distill.context import save_hf_folder
+from distill.evaluation import evaluate
+from distill.objectives import FineTuneObjective
+from distill.run import StageRun
+from distill.tracking import Tracker
+from distill.trainer import train
+
+BATCH, SEED = 4, 3
+
+
+class Recording(FineTuneObjective):
+    """Keeps every batch this rank trained on, without its padding."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.batches = []
+
+    def __call__(self, batch):
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        self.batches.append(rows)
+        return super().__call__(batch)
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    state = PartialState(cpu=True)
+    tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())
+    words = ["a wonderful", "a dreadful", "an okay", "a truly wonderful old"]  # lengths differ: grouping matters
+    texts = [f"{words[i % 4]} film number {i}" for i in range(40)]
+    labels = [int("wonderful" in t) for t in texts]
+    train_set = tokenize(Dataset.from_dict({"text": texts, "label": labels}), tokenizer, 32)
+    loader = make_loader(train_set, tokenizer, BATCH, shuffle=True, seed=SEED)
+    dev = make_loader(train_set.select(range(8)), tokenizer, 8, shuffle=False)
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     intermediate_size=64, max_position_embeddings=64))
+    initial = float(torch.nn.utils.parameters_to_vector(model.parameters()).detach().double().abs().sum())
+    objective = Recording(model)
+    stage = StageRun(out / "run", "stage", {"x": 1})
+    assert not stage.is_done()
+    stage.start()
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, lr=1e-3, save_every=3, eval_every=4, log_every=1,
+                      warmup_ratio=0.0, mixed_precision="no")
+    result = train(objective, loader, cfg, stage.dir, tracker=Tracker(stage.dir, "t", mode="disabled"),
+                   evaluate=lambda m: evaluate(m, dev, "accuracy"), seed=SEED, desc="mp",
+                   save_model=lambda m, folder: save_hf_folder(m, tokenizer, folder))
+    stage.finish({"steps": result.step})
+
+    sampler = LengthGroupedBatchSampler(train_set["length"], BATCH, shuffle=True, seed=SEED)
+    expected = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        expected.append([[train_set[i]["input_ids"] for i in batch] for batch in sampler.batches()])
+    params = torch.nn.utils.parameters_to_vector(objective.trainable.parameters()).detach()
+    report = {"rank": state.process_index, "processes": state.num_processes, "steps": result.step,
+              "seen": objective.batches, "expected_by_epoch": expected,
+              "param_sum": float(params.double().sum()), "param_abs_sum": float(params.double().abs().sum()),
+              "initial_abs_sum": initial}
+    (out / f"rank{state.process_index}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main(Path(sys.argv[1]))
