@@ -150,10 +150,14 @@ class DistillObjective:
         if not len(self.projections) or not path.is_file():
             return []
         saved = load_file(str(path))
-        own = self.projections.state_dict()
-        fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
-        self.projections.load_state_dict(fitting, strict=False)
-        return sorted({k.split(".")[0] for k in fitting})
+        loaded = []
+        for name, module in self.projections.items():
+            own = module.state_dict()
+            theirs = {k: saved.get(f"{name}.{k}") for k in own}
+            if all(v is not None and v.shape == own[k].shape for k, v in theirs.items()):
+                module.load_state_dict(theirs)
+                loaded.append(name)
+        return sorted(loaded)
 
     def to(self, device: torch.device) -> "DistillObjective":
         self.teacher.to(device)
