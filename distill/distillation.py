@@ -281,7 +281,8 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
-    model = load_finetuned(folder)
+    """Dev and test scores of a stage's model, on the accelerator, in full precision (the reported number)."""
+    model = load_finetuned(folder).to(placement("no").device)
     return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data.metric),
             "test": evaluate(model, ctx.loader("test", 128), ctx.data.metric),
             "params": count_parameters(model), "steps": steps}
