@@ -16,7 +16,8 @@ from distill.trainer import train
 
 
 @pytest.mark.parametrize("scores, best_step", [([math.nan, 0.5, 0.3], 2), ([math.nan, math.nan, 0.2], 3)])
-def test_nan_dev_score_never_wins_model_selection(tmp_path, tiny_teacher_dir, tokenizer, task_folder, scores, best_step):
+def test_nan_dev_score_never_wins_model_selection(tmp_path, tiny_teacher_dir, tokenizer, task_folder, scores,
+                                                  best_step):
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     loader = make_loader(tokenize(load_local(task_folder).train, tokenizer, 32), tokenizer, 8, shuffle=True, seed=0)
@@ -28,7 +29,8 @@ def test_nan_dev_score_never_wins_model_selection(tmp_path, tiny_teacher_dir, to
         steps.append(len(steps) + 1)
         return {"score": next(given)}
 
-    result = train(FineTuneObjective(model), loader, cfg, tmp_path, save_model=lambda m, folder: save_hf_folder(m, tokenizer, folder), evaluate=evaluate,
+    result = train(FineTuneObjective(model), loader, cfg, tmp_path, evaluate=evaluate,
+                   save_model=lambda m, folder: save_hf_folder(m, tokenizer, folder),
                    tracker=Tracker(tmp_path, "t", mode="disabled"))
     assert steps == [1, 2, 3]
     best = max(s for s in scores if not math.isnan(s))
