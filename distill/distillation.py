@@ -27,7 +27,6 @@ MLM_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.feature.startsw
 PROJECTIONS = "projections.safetensors"  # next to a stage's model folder: the student folder stays plain HF
 # the default output losses are classification losses; on a regression task they stand for these
 REGRESSION_COUNTERPARTS = {"soft_ce": "logits_mse", "soft_ce_t2": "logits_mse", "hard_ce": "hard_mse"}
-TASK_LOSS_KEYS = ("task_distill.intermediate_losses", "task_distill.prediction_losses", "prune.recovery_losses")
 
 
 def student_shape(ctx: RunContext):
