@@ -4,7 +4,8 @@ Candidates come from an MLM head (``method=mlm``: all chosen words of a sentence
 and predicted in one forward pass, instead of one pass per word as in the original), or from the
 teacher's input embeddings (``method=embedding``: the K nearest whole-word tokens to the word's
 mean piece embedding; works with any BERT teacher, MLM head or not). N copies per example are
-written next to the originals and cached on disk, keyed by everything that shapes them.
+written next to the originals and cached on disk, keyed by everything that shapes them. Both run on
+the accelerator; the MLM pass in the precision of stage 2a (``task_distill.intermediate.mixed_precision``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from distill.context import RunContext
 from distill.fsutil import replace_folder
+from distill.placement import placement
 from distill.ranks import is_main_process
 
 Word = tuple[int, tuple[int, ...], bool]  # (segment, piece ids, replaceable)
@@ -56,7 +58,7 @@ class EmbeddingNeighbours:
 
     def __init__(self, embeddings: torch.Tensor, candidate_ids: np.ndarray, top_k: int):
         self.emb = torch.nn.functional.normalize(embeddings.float(), dim=-1)  # (vocab, d)
-        self.candidates = torch.as_tensor(candidate_ids)
+        self.candidates = torch.as_tensor(candidate_ids, device=self.emb.device)
         self.cand_emb = self.emb[self.candidates]  # (C, d)
         self.top_k = top_k
         self.table: dict[tuple[int, ...], list[int]] = {}
@@ -69,8 +71,8 @@ class EmbeddingNeighbours:
             vecs = torch.nn.functional.normalize(vecs, dim=-1)
             sims = vecs @ self.cand_emb.T  # (n, C)
             top = sims.topk(self.top_k + 1, dim=-1).indices
-            for w, row in zip(part, top.tolist()):
-                ids = [int(self.candidates[j]) for j in row]
+            for w, row in zip(part, self.candidates[top].tolist()):
+                ids = [int(i) for i in row]
                 self.table[w] = [i for i in ids if (i,) != w][: self.top_k]
 
 
@@ -79,6 +81,7 @@ def _augment_embedding(rows: list[list[Word]], ctx: RunContext, teacher_dir: Pat
 
     aug = ctx.cfg.task_distill.augment
     emb = AutoModel.from_pretrained(teacher_dir).get_input_embeddings().weight.detach()
+    emb = emb.to(placement(ctx.cfg.task_distill.intermediate.mixed_precision).device)
     neighbours = EmbeddingNeighbours(emb, _whole_word_ids(ctx.tokenizer), aug.top_k)
     neighbours.prepare([p for words in rows for _, p, ok in words if ok])
     out = []
@@ -96,9 +99,10 @@ def _augment_mlm(rows: list[list[Word]], ctx: RunContext, mlm_name: str, rng: np
 
     aug = ctx.cfg.task_distill.augment
     tok = ctx.tokenizer
-    model = load_backbone(mlm_name, with_mlm_head=True).eval()
+    place = placement(ctx.cfg.task_distill.intermediate.mixed_precision)
+    model = load_backbone(mlm_name, with_mlm_head=True).eval().to(place.device)
     model.set_attn_implementation("sdpa")
-    allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=place.device)
     allowed[torch.as_tensor(_whole_word_ids(tok))] = True
     out = []
     for _ in tqdm(range(aug.copies), desc="augment (mlm)"):
@@ -109,9 +113,10 @@ def _augment_mlm(rows: list[list[Word]], ctx: RunContext, mlm_name: str, rng: np
                       for words, ch in zip(chunk, chosen)]
             batch = tok.pad([{k: m[k] for k in ("input_ids", "token_type_ids", "attention_mask")} for m in masked],
                             return_tensors="pt")
-            logits = model(**batch).logits  # (batch, seq, vocab)
+            with place.autocast():
+                logits = model(**place.inputs(dict(batch))).logits.float()  # (batch, seq, vocab)
             logits[..., ~allowed] = float("-inf")
-            top = logits.topk(aug.top_k, dim=-1).indices  # (batch, seq, K)
+            top = logits.topk(aug.top_k, dim=-1).indices.cpu()  # (batch, seq, K)
             for i, (words, ch) in enumerate(zip(chunk, chosen)):
                 pos, new = 0, []
                 for (seg, pieces, _), c in zip(words, ch):

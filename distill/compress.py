@@ -14,8 +14,9 @@ from distill import export as onnx_export
 from distill.batching import to_model_inputs
 from distill.context import RunContext
 from distill.distillation import (_final_scores, _print_scores, cache_teacher_logits, prediction_stage, run_prediction,
-                                  task_objective)
+                                  task_objective, task_stage_dirs)
 from distill.evaluation import evaluate
+from distill.placement import placement
 from distill.prune import prune_model
 from distill.run import StageRun, announce_once
 from distill.trainer import train
@@ -43,12 +44,12 @@ def run_prune(ctx: RunContext) -> Path:
     before = evaluate(student, ctx.loader("dev", 128), ctx.data.metric)
     pruned, report = prune_model(student, example, ratio, importance=p.importance,
                                  loader=ctx.loader("train", 32, shuffle=True), taylor_batches=p.taylor_batches,
-                                 layer_ratios=p.layer_ratios or None)
+                                 layer_ratios=p.layer_ratios or None, place=placement(p.recovery.mixed_precision))
     after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data.metric)
     print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
           f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
-    objective = task_objective(ctx, p.recovery_losses, pruned, teacher)
-    train_set = cache_teacher_logits(ctx, objective, teacher, ctx.tokenized["train"])
+    objective = task_objective(ctx, p.recovery_losses, pruned, teacher, carry_from=task_stage_dirs(ctx))
+    train_set = cache_teacher_logits(ctx, objective, teacher, ctx.tokenized["train"], p.recovery.mixed_precision)
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "recovery")
     result = train(objective, ctx.loader("train", p.recovery.batch_size, True, train_set), p.recovery, stage.dir,

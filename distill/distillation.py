@@ -7,12 +7,15 @@ from pathlib import Path
 from transformers import DataCollatorForLanguageModeling
 
 from distill.augment import augmented_train_set
+from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
 from distill.context import RunContext
 from distill.corpus import load_paragraphs, pack_sequences
 from distill.evaluation import evaluate
 from distill.fingerprint import input_digests
 from distill.layer_map import build_layer_map, describe
-from distill.objectives import DistillObjective, FineTuneObjective, with_teacher_logits
+from distill.losses import LOSSES
+from distill.objectives import DistillObjective, FineTuneObjective, save_projections, with_teacher_logits
+from distill.placement import placement
 from distill.run import StageRun, announce_once
 from distill.trainer import train
 from students.build import build_student, count_parameters
@@ -20,12 +23,59 @@ from students.presets import resolve_shape
 from teachers.finetune import finetune_teacher, load_finetuned, teacher_stage
 from teachers.load import has_mlm_head, load_backbone
 
-MLM_LOSSES = ("mlm", "mlm_soft_ce")
+MLM_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.feature.startswith("mlm"))
+PROJECTIONS = "projections.safetensors"  # next to a stage's model folder: the student folder stays plain HF
+# the default output losses are classification losses; on a regression task they stand for these
+REGRESSION_COUNTERPARTS = {"soft_ce": "logits_mse", "soft_ce_t2": "logits_mse", "hard_ce": "hard_mse"}
 
 
 def student_shape(ctx: RunContext):
     s = ctx.cfg.student
     return resolve_shape(s.preset, s.layers, s.hidden, s.heads, s.ffn)
+
+
+def losses_for_task(losses: dict[str, float], is_regression: bool) -> dict[str, float]:
+    """The output losses a task stage trains with. Unchanged for classification; on a regression task
+    the default losses (soft_ce/hard_ce, which need classes) become logits_mse/hard_mse. Losses the
+    user set are never rewritten: check_task_losses refuses the wrong ones before any training."""
+    defaults = (TaskStageConfig().prediction_losses, PruneConfig().recovery_losses)
+    if is_regression and losses in defaults:
+        return {REGRESSION_COUNTERPARTS.get(name, name): weight for name, weight in losses.items()}
+    return losses
+
+
+def check_task_losses(cfg: ExperimentConfig, is_regression: bool) -> None:
+    """Preflight: every configured task-stage loss is defined for the task type (classes or scores)."""
+    task_type = "regression" if is_regression else "classification"
+    sections = {"task_distill.intermediate_losses": cfg.task_distill.intermediate_losses,
+                "task_distill.prediction_losses": cfg.task_distill.prediction_losses,
+                "prune.recovery_losses": cfg.prune.recovery_losses if cfg.prune.enabled else {}}
+    for key, losses in sections.items():
+        for name in losses_for_task(losses, is_regression):
+            wanted = LOSSES[name].task
+            if wanted not in ("any", task_type):
+                fix = ("logits_mse (teacher scores) or hard_mse (gold scores)" if is_regression
+                       else "soft_ce/soft_ce_t2 (teacher) or hard_ce (gold labels)")
+                raise ValueError(f"config key '{key}.{name}': {name} is a {wanted} loss but {cfg.task.name} is a "
+                                 f"{task_type} task; use {fix}")
+
+
+def _distill_saver(ctx: RunContext):
+    """save_model for distillation: the student's HF folder, and its projections next to that folder."""
+    save_student = ctx.saver()
+
+    def save(trainable, folder: Path) -> None:
+        save_student(trainable, folder)
+        projections = getattr(trainable, "projections", None)
+        if projections is not None and len(projections):
+            save_projections(projections, Path(folder).parent / PROJECTIONS)
+    return save
+
+
+def task_stage_dirs(ctx: RunContext) -> list[Path]:
+    """Folders of the stages before recovery whose trained projections it can start from, oldest first."""
+    dirs = [general_stage(ctx).dir] if ctx.cfg.general.enabled else []
+    return dirs + [intermediate_stage(ctx).dir, prediction_stage(ctx).dir]
 
 
 class MLMCollator:
@@ -87,7 +137,7 @@ def run_general(ctx: RunContext) -> Path:
     collator = MLMCollator(ctx.tokenizer, g.mlm_probability) if wants_mlm else None
     loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)
     tracker = ctx.tracker(stage.dir, "general")
-    result = train(objective, loader, g.train, stage.dir, save_model=ctx.saver(), tracker=tracker,
+    result = train(objective, loader, g.train, stage.dir, save_model=_distill_saver(ctx), tracker=tracker,
                    seed=cfg.seed, desc="general")
     final = result.history[-1] if result.history else {}
     tracker.summary(final)
@@ -132,12 +182,23 @@ def prediction_stage(ctx: RunContext) -> StageRun:
         "augment": cfg.task_distill.augment.enabled})
 
 
-def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher) -> DistillObjective:
-    """Task-stage distillation (2a, 2b, recovery): the configured layer map and temperature."""
+def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher,
+                   carry_from: list[Path] | tuple[Path, ...] = ()) -> DistillObjective:
+    """Task-stage distillation (2a, 2b, recovery): the configured layer map and temperature, the output
+    losses of the task type, and the trained projections of the stages in ``carry_from`` (oldest
+    first, a later stage's projection replacing an earlier one) where their shapes fit."""
     t = ctx.cfg.task_distill
-    matches = build_layer_map(losses, t.layer_map, student.config.num_hidden_layers,
+    chosen = losses_for_task(losses, ctx.data.is_regression)
+    if chosen != losses:
+        print(f"[task] {ctx.data.name} is a regression task: losses {chosen} instead of the default {losses}")
+    matches = build_layer_map(chosen, t.layer_map, student.config.num_hidden_layers,
                               teacher.config.num_hidden_layers, t.layer_map_list)
-    return DistillObjective(student, teacher, matches, temperature=t.temperature)  # validates before training
+    objective = DistillObjective(student, teacher, matches, temperature=t.temperature)  # validates before training
+    for folder in carry_from:
+        loaded = objective.load_projections(Path(folder) / PROJECTIONS)
+        if loaded:
+            print(f"[task] projections {loaded} start from the ones trained in {folder}")
+    return objective
 
 
 def _train_set(ctx: RunContext, teacher_dir: Path):
@@ -162,14 +223,15 @@ def run_intermediate(ctx: RunContext) -> Path:
         ctx.saver()(student, stage.model_dir)
         stage.finish({"skipped": "no intermediate_losses", "init": init})
         return stage.model_dir
-    objective = task_objective(ctx, t.intermediate_losses, student, teacher)
+    carry = [general_stage(ctx).dir] if cfg.general.enabled else []
+    objective = task_objective(ctx, t.intermediate_losses, student, teacher, carry_from=carry)
     train_set = _train_set(ctx, teacher_dir)
     stage.start()
     print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n"
           f"{describe(objective.matches)}")
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
-                   stage.dir, save_model=ctx.saver(), tracker=tracker, seed=cfg.seed, desc="2a intermediate")
+                   stage.dir, save_model=_distill_saver(ctx), tracker=tracker, seed=cfg.seed, desc="2a intermediate")
     final = result.history[-1] if result.history else {}
     tracker.summary(final)
     tracker.finish()
@@ -188,15 +250,15 @@ def run_prediction(ctx: RunContext) -> Path:
     teacher_dir = finetune_teacher(ctx)
     teacher = load_finetuned(teacher_dir)
     student = load_finetuned(start)
-    objective = task_objective(ctx, t.prediction_losses, student, teacher)
+    objective = task_objective(ctx, t.prediction_losses, student, teacher, carry_from=task_stage_dirs(ctx)[:-1])
     train_set = _train_set(ctx, teacher_dir)
     stage.start()
-    train_set = cache_teacher_logits(ctx, objective, teacher, train_set)
+    train_set = cache_teacher_logits(ctx, objective, teacher, train_set, t.prediction.mixed_precision)
     data = ctx.data
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "prediction")
     result = train(objective, ctx.loader("train", t.prediction.batch_size, True, train_set), t.prediction,
-                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, data.metric),
+                   stage.dir, save_model=_distill_saver(ctx), evaluate=lambda m: evaluate(m.student, dev, data.metric),
                    tracker=tracker, seed=cfg.seed, desc="2b prediction")
     scores = _final_scores(ctx, stage.model_dir, result.step)
     tracker.summary(scores)
@@ -206,16 +268,20 @@ def run_prediction(ctx: RunContext) -> Path:
     return stage.model_dir
 
 
-def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, train_set):
-    """When only output losses are trained, the teacher runs once over the data instead of every epoch."""
+def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, train_set,
+                         mixed_precision: str = "auto"):
+    """When only output losses are trained, the teacher runs once over the data instead of every epoch,
+    on the accelerator and in the ``mixed_precision`` of the training that uses the logits."""
     if not objective.output_only:
         return train_set
     print(f"[teacher] logits for {len(train_set)} training examples, computed once and reused every epoch")
-    return with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d))
+    return with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d),
+                               placement(mixed_precision))
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
-    model = load_finetuned(folder)
+    """Dev and test scores of a stage's model, on the accelerator, in full precision (the reported number)."""
+    model = load_finetuned(folder).to(placement("no").device)
     return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data.metric),
             "test": evaluate(model, ctx.loader("test", 128), ctx.data.metric),
             "params": count_parameters(model), "steps": steps}

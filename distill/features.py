@@ -24,9 +24,13 @@ class LayerAttention:
         return x.view(b, s, self.heads, d // self.heads).transpose(1, 2)  # (batch, heads, seq, head_dim)
 
     def scores(self) -> torch.Tensor:
-        """Pre-softmax attention scores, no mask applied: (batch, heads, seq, seq)."""
-        q, k = self.split(self.query), self.split(self.key)
-        return q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        """Pre-softmax attention scores in float32, no mask applied: (batch, heads, seq, seq).
+
+        Under mixed precision the student's q/k arrive in bf16/fp16 (and the teacher's may not): both
+        are cast up and multiplied with autocast off, so the two maps compared are equally exact."""
+        q, k = self.split(self.query.float()), self.split(self.key.float())
+        with torch.autocast(q.device.type, enabled=False):
+            return q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (batch, heads, seq, seq)
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 Shapes: b = batch, s = sequence, d = width, H = heads, R = relation heads, C = classes/vocab.
 ``mask`` is the attention mask (b, s) with 1 for real tokens; padded positions never contribute.
-All losses are computed in float32 whatever precision the models run in.
+All losses are computed in float32 whatever precision the models run in: inputs are cast up and
+autocast is switched off inside (under autocast a matmul of float32 tensors would run in bf16/fp16).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +21,22 @@ def _valid(mask: torch.Tensor) -> torch.Tensor:
     return mask.to(torch.float32)
 
 
+def _device_type(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return value.device.type
+    return _device_type(value[0])  # a (queries, keys) pair
+
+
+def full_precision(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run ``fn`` with autocast off on its inputs' device, so float32 inputs stay float32 throughout."""
+    @functools.wraps(fn)
+    def wrapper(student, *args, **kwargs):
+        with torch.autocast(_device_type(student), enabled=False):
+            return fn(student, *args, **kwargs)
+    return wrapper
+
+
+@full_precision
 def token_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over real tokens and all d features. student/teacher: (b, s, d); mask (b, s).
     TinyBERT's embedding-layer and hidden-state losses (after projecting the student to d_teacher)."""
@@ -27,6 +45,7 @@ def token_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) 
     return diff.sum() / (m.sum() * student.shape[-1]).clamp_min(1.0)
 
 
+@full_precision
 def token_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """DistilBERT's cosine loss: mean over real tokens of 1 - cos(student, teacher). (b, s, d)."""
     m = _valid(mask)
@@ -34,6 +53,7 @@ def token_cosine(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return ((1.0 - cos) * m).sum() / m.sum().clamp_min(1.0)
 
 
+@full_precision
 def attention_scores_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """TinyBERT attention loss: MSE of pre-softmax scores (b, H, s, s) over heads and the
     (query, key) pairs where both tokens are real. Needs the same number of heads."""
@@ -65,6 +85,7 @@ def _relation_kl(student_log: torch.Tensor, teacher_log: torch.Tensor, mask: tor
     return (kl * m).sum() / m.sum().clamp_min(1.0)
 
 
+@full_precision
 def attention_kl(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
                  mask: torch.Tensor, relation_heads: int = 12) -> torch.Tensor:
     """MiniLM attention-distribution KL, with MiniLMv2 relation heads so head counts may differ.
@@ -75,6 +96,7 @@ def attention_kl(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torc
     return _relation_kl(s_log, t_log, mask)
 
 
+@full_precision
 def value_relation_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
                       relation_heads: int = 12) -> torch.Tensor:
     """MiniLM value-relation KL: softmax(V_r V_r^T / sqrt(d_r)) of student vs teacher. (b, s, H*d_head)."""
@@ -83,11 +105,12 @@ def value_relation_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
     return _relation_kl(s_log, t_log, mask)
 
 
+@full_precision
 def soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
             temperature: float = 1.0) -> torch.Tensor:
     """Soft cross-entropy -sum softmax(t/T) log softmax(s/T), averaged over examples (b, C) or over
-    real tokens (b, s, C) when ``mask`` is given. TinyBERT's prediction-layer loss; not scaled by T^2
-    (scale it through the loss weight if you want Hinton's convention)."""
+    real tokens (b, s, C) when ``mask`` is given. TinyBERT's prediction-layer loss (T=1): not scaled
+    by T^2; ``soft_ce_t2`` is the Hinton / Sanh et al. convention."""
     t = torch.softmax(teacher.float() / temperature, dim=-1)
     ce = -(t * torch.log_softmax(student.float() / temperature, dim=-1)).sum(-1)  # (b,) or (b, s)
     if mask is None or ce.dim() == 1:
@@ -96,21 +119,34 @@ def soft_ce(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | N
     return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
+@full_precision
+def soft_ce_t2(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+    """``soft_ce`` times T^2 (Hinton et al. 2015; DistilBERT's code multiplies its KL by T^2): the
+    gradient scale then stays the same whatever T, so the weight against other terms keeps its meaning.
+    Equals soft_ce at T=1. (b, C) or (b, s, C) with ``mask``."""
+    return soft_ce(student, teacher, mask, temperature) * temperature ** 2
+
+
+@full_precision
 def logits_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """MSE between logits (b, C): the prediction-layer loss for regression tasks."""
     return F.mse_loss(student.float(), teacher.float())
 
 
+@full_precision
 def hard_ce(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of student logits (b, C) against gold class ids (b,)."""
     return F.cross_entropy(student.float(), labels.long())
 
 
+@full_precision
 def hard_mse(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of a regression student's output (b, 1) against gold scores (b,)."""
     return F.mse_loss(student.float().view(-1), labels.float().view(-1))
 
 
+@full_precision
 def mlm(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Masked-language-model cross-entropy: student logits (b, s, V), labels (b, s) with -100 = ignore."""
     return F.cross_entropy(student.float().reshape(-1, student.shape[-1]), labels.reshape(-1), ignore_index=-100)
@@ -123,6 +159,8 @@ class LossSpec:
     scope: str  # embedding | layers | last | output
     projectable: bool = False  # a learnable student->teacher projection is added when widths differ
     doc: str = ""
+    tempered: bool = False  # takes the stage's temperature
+    task: str = "any"  # classification | regression | any: the task types the loss is defined for
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -133,10 +171,17 @@ LOSSES: dict[str, LossSpec] = {
                                      "TinyBERT MSE on pre-softmax attention scores"),
     "attention_kl": LossSpec(attention_kl, "query_key", "layers", False, "MiniLM attention KL (relation heads)"),
     "value_relation_kl": LossSpec(value_relation_kl, "value", "layers", False, "MiniLM value-relation KL"),
-    "soft_ce": LossSpec(soft_ce, "logits", "output", False, "soft cross-entropy at temperature T"),
+    "soft_ce": LossSpec(soft_ce, "logits", "output", False, "soft cross-entropy at temperature T (TinyBERT)",
+                        tempered=True, task="classification"),
+    "soft_ce_t2": LossSpec(soft_ce_t2, "logits", "output", False, "soft cross-entropy at T, times T^2 (Hinton)",
+                           tempered=True, task="classification"),
     "logits_mse": LossSpec(logits_mse, "logits", "output", False, "MSE on logits (regression)"),
-    "hard_ce": LossSpec(hard_ce, "labels", "output", False, "cross-entropy with gold labels"),
-    "hard_mse": LossSpec(hard_mse, "labels", "output", False, "MSE with gold scores (regression)"),
-    "mlm_soft_ce": LossSpec(soft_ce, "mlm_logits", "output", False, "DistilBERT soft CE on MLM logits"),
+    "hard_ce": LossSpec(hard_ce, "labels", "output", False, "cross-entropy with gold labels",
+                        task="classification"),
+    "hard_mse": LossSpec(hard_mse, "labels", "output", False, "MSE with gold scores (regression)", task="regression"),
+    "mlm_soft_ce": LossSpec(soft_ce, "mlm_logits", "output", False, "soft CE on MLM logits at T", tempered=True),
+    "mlm_soft_ce_t2": LossSpec(soft_ce_t2, "mlm_logits", "output", False,
+                               "soft CE on MLM logits at T, times T^2 (DistilBERT)", tempered=True),
     "mlm": LossSpec(mlm, "mlm_labels", "output", False, "masked-language-model loss"),
 }
+

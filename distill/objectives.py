@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.batching import to_model_inputs
 from distill.features import Features, FeatureTap, attention_blocks, num_heads
 from distill.layer_map import LayerMapError, Match
 from distill.losses import LOSSES
+from distill.placement import Placement
 
 ATTENTION_FEATURES = ("scores", "query_key", "value")
 
@@ -27,6 +30,15 @@ class FineTuneObjective:
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.trainable(**to_model_inputs(batch), labels=batch["labels"])
         return out.loss, {"task_loss": float(out.loss.detach())}
+
+
+def save_projections(projections: nn.ModuleDict, path: Path) -> None:
+    """Trained student->teacher projections as safetensors (written next to, never inside, the student's
+    folder), replaced atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}, str(tmp))
+    tmp.replace(path)
 
 
 class StudentWithProjections(nn.Module):
@@ -60,11 +72,29 @@ def _attention_width(tap: FeatureTap, layer: int) -> int:
     return tap.blocks[layer].query.out_features
 
 
+def _task_mismatch(loss: str, model: nn.Module) -> str | None:
+    """Why an output loss cannot run on this model's head (None when it can)."""
+    wanted = LOSSES[loss].task
+    if wanted == "any" or not hasattr(model, "classifier"):
+        return None
+    regression = model.config.num_labels == 1
+    if wanted == "classification" and regression:
+        return f"{loss} needs class probabilities but the student has a 1-output regression head; use logits_mse/hard_mse"
+    if wanted == "regression" and not regression:
+        return f"{loss} needs a 1-output regression head but the student has {model.config.num_labels} classes"
+    return None
+
+
 class DistillObjective:
-    """Teacher (eval, no grad) and student run on the same batch; each Match adds weight * loss."""
+    """Teacher (eval, no grad) and student run on the same batch; each Match adds weight * loss.
+
+    A zero-weight term is still computed and logged when it can be, and left out when it cannot
+    (e.g. hard_ce on a regression head); a weighted term that cannot be computed is refused here."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, matches: list[Match], temperature: float = 1.0):
         self.teacher = teacher.eval().requires_grad_(False)
+        self.skipped = [m for m in matches if m.weight == 0 and _task_mismatch(m.loss, student)]
+        matches = [m for m in matches if m not in self.skipped]
         self.matches = matches
         self.temperature = temperature
         s_width, s_layers, s_heads = _widths(student)
@@ -99,6 +129,9 @@ class DistillObjective:
                 raise LayerMapError(f"{m.loss}: student layer {m.student_layer} / teacher layer {m.teacher_layer} "
                                     f"out of range (student has {s_layers}, teacher {t_layers})")
             spec = LOSSES[m.loss]
+            problem = _task_mismatch(m.loss, student)
+            if problem:
+                raise LayerMapError(problem)
             if spec.feature == "scores" and s_heads[m.student_layer - 1] != t_heads[m.teacher_layer - 1]:
                 raise LayerMapError(
                     f"attention_scores_mse: student layer {m.student_layer} has {s_heads[m.student_layer - 1]} heads, "
@@ -110,6 +143,21 @@ class DistillObjective:
                 if s_out is None or t_out is None or s_out != t_out:
                     raise LayerMapError(f"{m.loss}: student outputs {s_out} and teacher outputs {t_out} must match "
                                         "(does the teacher have a task or MLM head?)")
+
+    def load_projections(self, path: Path) -> list[str]:
+        """Start from an earlier stage's trained projections where their shapes fit; returns what was loaded."""
+        path = Path(path)
+        if not len(self.projections) or not path.is_file():
+            return []
+        saved = load_file(str(path))
+        loaded = []
+        for name, module in self.projections.items():
+            own = module.state_dict()
+            theirs = {k: saved.get(f"{name}.{k}") for k in own}
+            if all(v is not None and v.shape == own[k].shape for k, v in theirs.items()):
+                module.load_state_dict(theirs)
+                loaded.append(name)
+        return sorted(loaded)
 
     def to(self, device: torch.device) -> "DistillObjective":
         self.teacher.to(device)
@@ -155,7 +203,7 @@ class DistillObjective:
             spec = LOSSES[m.loss]
             student, teacher = self._pair(m, s, t, batch)
             kwargs = {}
-            if m.loss in ("soft_ce", "mlm_soft_ce"):
+            if spec.tempered:
                 kwargs["temperature"] = self.temperature
             if m in self.relation_heads:
                 kwargs["relation_heads"] = self.relation_heads[m]
@@ -171,14 +219,16 @@ class DistillObjective:
 
 
 @torch.no_grad()
-def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, device: torch.device | None = None):
-    """``dataset`` plus a ``teacher_logits`` column: the teacher runs once instead of once per epoch."""
+def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, place: Placement | None = None):
+    """``dataset`` plus a ``teacher_logits`` column: the teacher runs once instead of once per epoch,
+    on ``place``'s device and in its precision (those of the training the logits stand in for)."""
     from distill.evaluation import predict
+    from distill.placement import placement
 
-    teacher.eval()
-    if device is not None:
-        teacher.to(device)
-    logits, _ = predict(teacher, loader_factory(dataset))
+    place = place or placement("auto")
+    teacher.eval().to(place.device)
+    with place.autocast():
+        logits, _ = predict(teacher, loader_factory(dataset))
     return dataset.add_column("teacher_logits", [row.tolist() for row in logits])
 
 

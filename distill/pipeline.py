@@ -12,7 +12,7 @@ def _refuse(key: str, message: str) -> None:
 
 def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
     """Fail fast on settings that only the models' configs (and the task data) can refute."""
-    from distill.distillation import MLM_LOSSES, student_shape
+    from distill.distillation import MLM_LOSSES, check_task_losses, student_shape
     from teachers.load import has_mlm_head, load_config
 
     teacher_cfg = load_config(cfg.teacher.name)  # also proves the teacher can be found
@@ -56,6 +56,7 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
 
         mlm_source(ctx)
     data = ctx.data  # task data errors surface now
+    check_task_losses(cfg, data.is_regression)
     if cfg.teacher.already_finetuned:
         _check_finetuned_labels(cfg, data.label_names)
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from distill.batching import to_model_inputs
 from distill.features import attention_blocks
 from distill.flops import encoder_flops
+from distill.placement import Placement, placement
 from students.modeling import PrunedBertForSequenceClassification, pruned_config_from
 
 
@@ -43,24 +44,28 @@ def _shape(model: nn.Module) -> tuple[list[int], list[int]]:
     return heads, [layer.intermediate.dense.out_features for layer in layers]
 
 
-def _accumulate_taylor_grads(model: nn.Module, loader: DataLoader, batches: int) -> None:
-    """Gradients of the task loss over a few batches, for first-order Taylor importance |w * dL/dw|."""
+def _accumulate_taylor_grads(model: nn.Module, loader: DataLoader, batches: int, place: Placement) -> None:
+    """Gradients of the task loss over a few batches, for first-order Taylor importance |w * dL/dw|,
+    on ``place``'s device and in its precision (the model is already there)."""
     model.zero_grad(set_to_none=True)
     model.eval()  # no dropout: importance of the network as it will be used
-    device = next(model.parameters()).device
     for i, batch in enumerate(loader):
         if i >= batches:
             break
-        out = model(**{k: v.to(device) for k, v in to_model_inputs(batch).items()}, labels=batch["labels"].to(device))
-        out.loss.backward()
+        with place.autocast():
+            out = model(**place.inputs(to_model_inputs(batch)), labels=batch["labels"].to(place.device))
+        out.loss.float().backward()
 
 
 def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float, importance: str = "taylor",
                 loader: DataLoader | None = None, taylor_batches: int = 16,
-                layer_ratios: list[float] | None = None, seq_len: int = 128) -> tuple[nn.Module, PruneReport]:
+                layer_ratios: list[float] | None = None, seq_len: int = 128,
+                place: Placement | None = None) -> tuple[nn.Module, PruneReport]:
     """Remove ``ratio`` of the heads and of the FFN neurons in every layer (or ``layer_ratios[i]``).
 
-    Returns a PrunedBertForSequenceClassification carrying the pruned weights, and the report."""
+    The importance pass and the pruning trace run on ``place`` (default: the accelerator, full
+    precision). Returns a PrunedBertForSequenceClassification (on the CPU) carrying the pruned
+    weights, and the report."""
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"prune ratio must be in (0, 1), got {ratio}")
     base = model.base_model
@@ -71,11 +76,14 @@ def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float
     params_before = sum(p.numel() for p in model.parameters())
     flops_before = encoder_flops(model, seq_len)
     model.set_attn_implementation("eager")  # torch-pruning traces the graph; eager attention traces cleanly
+    place = place or placement("no")
+    model.to(place.device)
+    example = place.inputs(example)
 
     if importance == "taylor":
         if loader is None:
             raise ValueError("taylor importance needs task data (a loader)")
-        _accumulate_taylor_grads(model, loader, taylor_batches)
+        _accumulate_taylor_grads(model, loader, taylor_batches, place)
         imp = tp.importance.GroupTaylorImportance()
     elif importance == "magnitude":
         imp = tp.importance.GroupMagnitudeImportance(p=2)

@@ -119,6 +119,13 @@ def _check_resumable(saved: dict, fresh: dict, ckpt: Path) -> None:
                            "them to resume, or delete that folder to start this training again")
 
 
+def _improves(score: float, best: float | None) -> bool:
+    """A NaN score (e.g. Pearson of constant predictions) is the worst: it never beats a number."""
+    if math.isnan(score):
+        return best is None
+    return best is None or math.isnan(best) or score > best
+
+
 def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: Path, *,
           save_model: Callable[[nn.Module, Path], None],
           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -202,7 +209,7 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
         model.train()
         if tracker and accelerator.is_main_process:
             tracker.log({f"dev_{k}": v for k, v in metrics.items()}, state["step"])
-        if state["best_score"] is None or metrics["score"] > state["best_score"]:
+        if _improves(metrics["score"], state["best_score"]):
             state["best_score"], state["best_step"] = metrics["score"], state["step"]
             keep_model()
         if accelerator.is_main_process:
@@ -229,7 +236,8 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
             batches = itertools.chain([first] if first is not None else [], batches)
         for batch in batches:
             with accelerator.accumulate(model):
-                loss, terms = objective(batch)
+                with accelerator.autocast():  # the teacher's forward too, not only the prepared student's
+                    loss, terms = objective(batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

@@ -130,3 +130,54 @@ def test_registry_entries_are_complete():
     for name, spec in LOSSES.items():
         assert spec.scope in ("embedding", "layers", "last", "output"), name
         assert spec.doc, name
+
+
+def test_soft_ce_t2_follows_hinton_and_sanh():
+    """soft_ce_t2 = T^2 * soft_ce, and its gradient equals that of DistilBERT's T^2 * KL(teacher || student)
+    (the two differ by the teacher's entropy, a constant for the student)."""
+    t = torch.randn(4, 3)
+    T = 2.0
+    s = torch.randn(4, 3, requires_grad=True)
+    got = losses.soft_ce_t2(s, t, None, temperature=T)
+    assert float(got) == pytest.approx(T ** 2 * float(losses.soft_ce(s, t, None, temperature=T)), rel=1e-6)
+    (grad,) = torch.autograd.grad(got, s)
+    s2 = s.detach().clone().requires_grad_(True)
+    sanh = torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(s2 / T, -1), torch.softmax(t / T, -1)) * T ** 2
+    (ref,) = torch.autograd.grad(sanh, s2)
+    torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-7)
+    assert float(losses.soft_ce_t2(s, t, None, temperature=1.0)) == pytest.approx(float(losses.soft_ce(s, t)))
+    assert LOSSES["soft_ce_t2"].tempered and LOSSES["mlm_soft_ce_t2"].tempered
+
+
+def test_attention_scores_are_float32_from_bf16_queries_and_keys():
+    """Mixed precision: the student's q/k arrive in bf16; its scores must be as exact as the teacher's."""
+    from distill.features import LayerAttention
+
+    q, k = torch.randn(B, S, 8).bfloat16(), torch.randn(B, S, 8).bfloat16()
+    got = LayerAttention(q, k, k, heads=2).scores()
+    qf = q.float().view(B, S, 2, 4).transpose(1, 2)
+    kf = k.float().view(B, S, 2, 4).transpose(1, 2)
+    reference = qf @ kf.transpose(-1, -2) / 2.0  # exact float32 product of the same (bf16-valued) inputs
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in the training loop
+        under_autocast = LayerAttention(q, k, k, heads=2).scores()
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["attention_kl", "value_relation_kl", "hidden_mse", "soft_ce"])
+def test_losses_stay_float32_under_autocast(name):
+    """The relation losses multiply q/k (or v) matrices: under bf16 autocast that matmul would run in
+    bf16 even on float32 inputs. Every loss must give the float32 value whatever autocast is active."""
+    torch.manual_seed(3)
+    x = [torch.randn(B, S, 16) * 3 for _ in range(4)]
+    args = {"attention_kl": ((x[0], x[1]), (x[2], x[3]), MASK), "value_relation_kl": (x[0], x[2], MASK),
+            "hidden_mse": (x[0], x[2], MASK), "soft_ce": (x[0][:, 0], x[2][:, 0], None)}[name]
+    kwargs = {"relation_heads": 4} if "relation" in name or "attention" in name else {}
+    fn = LOSSES[name].fn
+    reference = fn(*args, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(*args, **kwargs)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-7)

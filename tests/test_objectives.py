@@ -61,3 +61,61 @@ def test_cached_teacher_logits_belong_to_their_own_rows(tiny_teacher_dir, tokeni
     with_cache, _ = objective(batch)
     direct, _ = objective({k: v for k, v in batch.items() if k != "teacher_logits"})
     torch.testing.assert_close(with_cache, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path, monkeypatch, tiny_teacher_dir,
+                                                                        task_folder):
+    """TinyBERT carries W_h from general into task distillation; the projections are saved next to the
+    stage's model folder, never inside the student's weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from distill import distillation
+    from distill.config import load_config
+    from distill.context import RunContext
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema." for i in range(60)))
+    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}",
+                 "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
+                 "student.ffn=32", f"general.corpus={corpus}", "general.max_len=32",
+                 "general.losses={embedding_mse: 1.0, hidden_mse: 1.0}",
+                 "task_distill.intermediate_losses={embedding_mse: 1.0, hidden_mse: 1.0}"]
+    for section in ("teacher.finetune", "general.train", "task_distill.intermediate"):
+        overrides += [f"{section}.max_steps=2", f"{section}.batch_size=8", f"{section}.save_every=0",
+                      f"{section}.lr=1e-2", f"{section}.warmup_ratio=0.0"]
+    ctx = RunContext(load_config(None, overrides))
+    started = {}
+    real_train = distillation.train
+
+    def recording_train(objective, *args, **kwargs):
+        started[kwargs["desc"]] = {k: v.detach().clone() for k, v in objective.projections.state_dict().items()}
+        return real_train(objective, *args, **kwargs)
+
+    monkeypatch.setattr(distillation, "train", recording_train)
+    distillation.run_intermediate(ctx)  # runs the general stage first
+    general = load_file(str(distillation.general_stage(ctx).dir / distillation.PROJECTIONS))
+    assert set(general) == {"embedding.weight", "embedding.bias", "hidden.weight", "hidden.bias"}
+    for key, trained in general.items():
+        assert not torch.equal(trained, started["general"][key])  # general trained them
+        torch.testing.assert_close(started["2a intermediate"][key], trained, rtol=0, atol=0)  # 2a starts there
+    after_2a = load_file(str(distillation.intermediate_stage(ctx).dir / distillation.PROJECTIONS))
+    assert not torch.equal(after_2a["hidden.weight"], general["hidden.weight"])
+    for stage in ("student-general", "student-intermediate"):
+        with safe_open(str(ctx.run_dir / stage / "model" / "model.safetensors"), "pt") as f:
+            assert not any("projection" in k or k.startswith(("embedding.", "hidden.")) for k in f.keys())
+
+
+def test_projections_load_only_where_shapes_fit(tmp_path, tiny_teacher_dir):
+    from distill.objectives import save_projections
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
+    objective = DistillObjective(_student(), teacher, build_layer_map({"embedding_mse": 1.0, "hidden_mse": 1.0},
+                                                                      "uniform", 2, 4))
+    other = torch.nn.ModuleDict({"hidden": torch.nn.Linear(16, 32), "embedding": torch.nn.Linear(8, 32)})
+    save_projections(other, tmp_path / "p.safetensors")
+    before = objective.projections["embedding"].weight.detach().clone()
+    assert objective.load_projections(tmp_path / "p.safetensors") == ["hidden"]
+    torch.testing.assert_close(objective.projections["hidden"].weight, other["hidden"].weight)
+    torch.testing.assert_close(objective.projections["embedding"].weight, before)  # 8-wide: did not fit
+    assert objective.load_projections(tmp_path / "missing.safetensors") == []

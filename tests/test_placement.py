@@ -1,0 +1,151 @@
+"""One placement rule for every model pass: the accelerator's device, the stage's precision.
+
+No GPU here, so each pass is run with mixed_precision=bf16 on the CPU (a real autocast) and a
+recording hook on the model asserts what the pass gave it: autocast on, in bf16, inputs on the
+placement's device. A pass that ignores the rule (runs outside autocast, or leaves the model or its
+inputs elsewhere) fails.
+"""
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from distill.batching import make_loader, tokenize
+from distill.config import TrainConfig, load_config
+from distill.context import save_hf_folder
+from distill.data import load_local
+from distill.layer_map import build_layer_map
+from distill.objectives import DistillObjective, FineTuneObjective
+from distill.placement import placement
+from distill.tracking import Tracker
+from distill.trainer import train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state: leave it as found for the tests that follow (bf16 here)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+class Recorder:
+    """Forward pre-hook: (autocast on?, autocast dtype, input device, parameter device) of every call."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.calls = []
+        self.model = model
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), ids.device,
+                           next(module.parameters()).device))
+
+    def assert_placed(self, place, minimum: int = 1) -> None:
+        assert len(self.calls) >= minimum, self.calls
+        for enabled, dtype, inputs, params in self.calls:
+            assert enabled and dtype == place.dtype, (enabled, dtype)
+            assert inputs == place.device and params == place.device
+
+
+def _student():
+    torch.manual_seed(1)
+    return BertForSequenceClassification(tiny_config(num_hidden_layers=2, hidden_size=16, num_attention_heads=4,
+                                                     intermediate_size=32))
+
+
+def _train_set(tokenizer, task_folder):
+    return tokenize(load_local(task_folder).train, tokenizer, 32)
+
+
+def test_placement_resolves_device_and_precision():
+    place = placement("bf16")
+    assert place.device == torch.device("cpu") and place.dtype == torch.bfloat16
+    assert placement("no").dtype is None and placement("auto").dtype is None  # auto on a CPU machine: fp32
+    with place.autocast():
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_teacher_forward_runs_under_the_training_autocast(tmp_path, tiny_teacher_dir, tokenizer, task_folder):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    recorder = Recorder(teacher)
+    objective = DistillObjective(_student(), teacher, build_layer_map({"hidden_mse": 1.0}, "uniform", 2, 4))
+    loader = make_loader(_train_set(tokenizer, task_folder), tokenizer, 8, shuffle=True, seed=0)
+    cfg = TrainConfig(max_steps=2, batch_size=8, save_every=0, log_every=1, mixed_precision="bf16")
+    result = train(objective, loader, cfg, tmp_path, tracker=Tracker(tmp_path, "t", mode="disabled"),
+                   save_model=lambda m, folder: save_hf_folder(m.student, tokenizer, folder))
+    recorder.assert_placed(placement("bf16"), minimum=2)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+
+
+def test_teacher_logit_caching_runs_on_the_placement(tiny_teacher_dir, tokenizer, task_folder):
+    from distill.distillation import cache_teacher_logits
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    recorder = Recorder(teacher)
+    objective = DistillObjective(_student(), teacher, build_layer_map({"soft_ce": 1.0}, "uniform", 2, 4))
+    ctx = types.SimpleNamespace(loader=lambda split, size, dataset=None: make_loader(dataset, tokenizer, size, False))
+    cached = cache_teacher_logits(ctx, objective, teacher, _train_set(tokenizer, task_folder), "bf16")
+    recorder.assert_placed(placement("bf16"))
+    assert np.isfinite(np.asarray(cached["teacher_logits"])).all()
+
+
+def test_mlm_augmentation_runs_on_the_placement(monkeypatch, tiny_mlm_teacher_dir, tokenizer):
+    import teachers.load
+    from distill.augment import _augment_mlm, split_words
+
+    recorders = []
+    original = teachers.load.load_backbone
+
+    def recorded(*args, **kwargs):
+        model = original(*args, **kwargs)
+        recorders.append(Recorder(model))
+        return model
+
+    monkeypatch.setattr(teachers.load, "load_backbone", recorded)
+    cfg = load_config(None, ["task_distill.intermediate.mixed_precision=bf16", "task_distill.augment.copies=1",
+                             "task_distill.augment.top_k=3", "task_distill.augment.batch_size=2"])
+    ctx = types.SimpleNamespace(cfg=cfg, tokenizer=tokenizer)
+    rows = [split_words(enc["input_ids"], enc["token_type_ids"], tokenizer)
+            for enc in (tokenizer("a wonderful film"), tokenizer("a dull story", "truly bad"), tokenizer("fine"))]
+    made = _augment_mlm(rows, ctx, str(tiny_mlm_teacher_dir), np.random.default_rng(0))
+    assert len(made) == 3
+    recorders[0].assert_placed(placement("bf16"), minimum=2)
+
+
+def test_taylor_importance_runs_on_the_placement(tiny_teacher_dir, tokenizer, task_folder):
+    from distill.prune import prune_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    calls = []
+
+    def record(module, args, kwargs):
+        if "labels" in kwargs:  # the importance passes (torch-pruning's own trace has no labels)
+            calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                          kwargs["input_ids"].device))
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    loader = make_loader(_train_set(tokenizer, task_folder), tokenizer, 8, shuffle=False)
+    example = dict(tokenizer(["a wonderful film", "dull"], padding=True, return_tensors="pt"))
+    place = placement("bf16")
+    pruned, report = prune_model(model, example, 0.5, importance="taylor", loader=loader, taylor_batches=2,
+                                 place=place)
+    assert calls == [(True, torch.bfloat16, place.device)] * 2
+    assert report.heads_after == [2] * 4
+
+
+def test_fine_tuning_objective_is_untouched_by_placement(tmp_path, tiny_teacher_dir, tokenizer, task_folder):
+    """Full precision (mixed_precision=no) stays full precision: no autocast anywhere."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    recorder = Recorder(model)
+    loader = make_loader(_train_set(tokenizer, task_folder), tokenizer, 8, shuffle=True, seed=0)
+    cfg = TrainConfig(max_steps=1, batch_size=8, save_every=0, log_every=1, mixed_precision="no")
+    train(FineTuneObjective(model), loader, cfg, tmp_path, tracker=Tracker(tmp_path, "t", mode="disabled"),
+          save_model=lambda m, folder: save_hf_folder(m, tokenizer, folder))
+    assert recorder.calls and not any(enabled for enabled, *_ in recorder.calls)
