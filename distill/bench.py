@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
 import students  # noqa: F401  (PrunedBert folders)
 from distill import export as onnx_export
+from distill.evaluation import score_batches
 from distill.flops import encoder_flops
-from distill.metrics import compute_metrics
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Runner:
 
     ``variant`` is the export format of an ONNX file (fp32-fused, int8-dynamic...); None for a PyTorch folder."""
 
-    def __init__(self, path: Path, threads: int, variant: str | None = None):
+    def __init__(self, path: Path, threads: int, variant: str | None = None, kind: TaskKind = SEQUENCE_CLASSIFICATION):
         self.path = Path(path)
         if (self.path.suffix == ".onnx") != (variant is not None):
             raise ValueError(f"{self.path}: an ONNX file needs its export variant, a PyTorch folder none")
@@ -74,7 +74,7 @@ class Runner:
             self.model = None
         else:
             self.runtime = "pytorch-fp32"
-            self.model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
+            self.model = kind.auto_class.from_pretrained(self.path).eval()
             self.model.set_attn_implementation("sdpa")
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -85,20 +85,24 @@ class Runner:
 
 
 def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test_batches: list[dict],
-              labels: np.ndarray, real_singles: list[dict], metric: str, threads: int, vocab_size: int,
+              labels: list[np.ndarray], real_singles: list[dict], task, threads: int, vocab_size: int,
               repeats: int = 50) -> BenchRow:
-    """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx."""
+    """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx.
+    ``task``: the TaskData, whose kind scores the outputs (entity F1, word-aligned, for NER), or a metric
+    name (sentence classification); ``labels``: one array per test batch."""
+    kind = getattr(task, "kind", SEQUENCE_CLASSIFICATION)
+    metric = getattr(task, "metric", task)
     torch.set_num_threads(threads)
-    runner = Runner(path, threads, variant)
+    runner = Runner(path, threads, variant, kind)
     runner(test_batches[0])  # warm-up
     start = time.perf_counter()
-    logits = np.concatenate([runner(b) for b in test_batches])
-    real_throughput = len(logits) / (time.perf_counter() - start)
-    score = compute_metrics(logits, labels, metric)["score"]
+    logits = [runner(b) for b in test_batches]
+    real_throughput = sum(len(out) for out in logits) / (time.perf_counter() - start)
+    score = score_batches(task, logits, labels, [b["attention_mask"] for b in test_batches])["score"]
     b1 = _time(runner, [synthetic(1, 128, vocab_size)], repeats, warmup=5)
     real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5)
     b32 = _time(runner, [synthetic(32, 128, vocab_size)], max(3, repeats // 10), warmup=1)
-    source = AutoModelForSequenceClassification.from_pretrained(source_dir)
+    source = kind.auto_class.from_pretrained(source_dir)
     return BenchRow(name, runner.runtime, score, metric, float(np.percentile(b1, 50)), float(np.percentile(b1, 95)),
                     float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)), real_throughput,
                     folder_size_mb(Path(path) if Path(path).suffix == ".onnx" else Path(path)),
@@ -143,8 +147,8 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
     for name, path, variant, source in artifacts:
-        row = bench_one(name, path, variant, source, batches, np.concatenate(labels), singles, ctx.data.metric,
-                        threads, len(ctx.tokenizer), cfg.bench.repeats)
+        row = bench_one(name, path, variant, source, batches, labels, singles, ctx.data, threads,
+                        len(ctx.tokenizer), cfg.bench.repeats)
         print(f"[bench] {name:<16} {row.runtime:<26} score {row.score:.4f}  p50 {row.p50_ms:7.1f} ms  "
               f"p95 {row.p95_ms:7.1f} ms  b32 {row.throughput_b32:7.0f} ex/s  {row.size_mb:6.1f} MB")
         rows.append(asdict(row))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill import export as onnx_export
@@ -19,6 +18,7 @@ from distill.evaluation import evaluate
 from distill.placement import placement
 from distill.prune import prune_model
 from distill.run import StageRun, announce_once
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 from distill.trainer import train
 from teachers.finetune import finetune_teacher, load_finetuned, teacher_stage
 
@@ -41,11 +41,11 @@ def run_prune(ctx: RunContext) -> Path:
     ratio = 1.0 - p.target_flops if p.target_flops else p.ratio
     example = {k: v for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
     stage.start()
-    before = evaluate(student, ctx.loader("dev", 128), ctx.data.metric)
+    before = evaluate(student, ctx.loader("dev", 128), ctx.data)
     pruned, report = prune_model(student, example, ratio, importance=p.importance,
                                  loader=ctx.loader("train", 32, shuffle=True), taylor_batches=p.taylor_batches,
                                  layer_ratios=p.layer_ratios or None, place=placement(p.recovery.mixed_precision))
-    after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data.metric)
+    after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data)
     print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
           f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
     objective = task_objective(ctx, p.recovery_losses, pruned, teacher, carry_from=task_stage_dirs(ctx))
@@ -53,7 +53,7 @@ def run_prune(ctx: RunContext) -> Path:
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "recovery")
     result = train(objective, ctx.loader("train", p.recovery.batch_size, True, train_set), p.recovery, stage.dir,
-                   save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, ctx.data.metric),
+                   save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, ctx.data),
                    tracker=tracker, seed=cfg.seed, desc="recovery")
     scores = _final_scores(ctx, stage.model_dir, result.step)
     scores.update(prune=report.__dict__, dev_before_prune=before, dev_right_after_prune=after_prune)
@@ -83,13 +83,13 @@ def _numpy_batches(loader, limit: int | None = None) -> list[dict[str, np.ndarra
     return out
 
 
-def _batches_and_labels(loader) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Model inputs and the labels of the same rows, in loader order (what the export check compares)."""
+def _batches_and_labels(loader, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tuple[list[dict[str, np.ndarray]], list]:
+    """Model inputs and the labels of the same rows (per example; per-token rows unpadded), in loader order."""
     batches, labels = [], []
     for batch in loader:
         batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-        labels.append(batch["labels"].numpy())
-    return batches, np.concatenate(labels)
+        labels += kind.label_rows(batch["labels"].numpy(), batches[-1]["attention_mask"])
+    return batches, kind.collect(labels)
 
 
 def pad_batch(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
@@ -117,7 +117,7 @@ def run_export(ctx: RunContext) -> Path:
     dev_set = ctx.tokenized["dev"]
     if e.check_examples:
         dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
-    check_batches, check_labels = _batches_and_labels(ctx.loader("dev", 64, dataset=dev_set))
+    check_batches, check_labels = _batches_and_labels(ctx.loader("dev", 64, dataset=dev_set), ctx.data.kind)
     # calibration batches share one shape (the percentile calibrator stacks them): pad to task.max_len
     calibration = [pad_batch(b, ctx.cfg.task.max_len)
                    for b in _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)]
@@ -125,29 +125,43 @@ def run_export(ctx: RunContext) -> Path:
     results = {}
     for name, folder in sources.items():
         results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,
-                                     calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop)
+                                     calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop,
+                                     kind=ctx.data.kind, label_names=ctx.data.label_names)
     stage.finish({"artifacts": results})
     return stage.dir
 
 
 def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, check_labels,
-                 metric: str, calibration, max_len: int, tensorrt: bool, max_metric_drop: float) -> dict:
+                 metric: str, calibration, max_len: int, tensorrt: bool, max_metric_drop: float,
+                 kind: TaskKind = SEQUENCE_CLASSIFICATION, label_names: list[str] | None = None) -> dict:
     """All requested formats of one model folder into out_dir/<name>-<format>/, all or nothing.
 
     Every format is built and checked in a work folder first; only when all pass do they replace
-    out_dir/<name>-<format>/. On any failure the work folder is removed and earlier artifacts stay."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    out_dir/<name>-<format>/. On any failure the work folder is removed and earlier artifacts stay.
+    Logits are compared per example, or per real (non-padding) token for per-token logits; the dev
+    metric is the task kind's (entity F1, word-aligned, for NER)."""
+    model = kind.auto_class.from_pretrained(model_dir).eval()
+    masks = [b["attention_mask"] for b in check_batches]
+
+    def flat(per_batch: list[np.ndarray]) -> np.ndarray:  # (examples or real tokens, labels)
+        return np.concatenate([kind.flat_outputs(out, mask) for out, mask in zip(per_batch, masks)])
+
+    def score(flat_logits: np.ndarray) -> float:
+        return kind.metrics(kind.unflatten(flat_logits, masks), list(check_labels), metric, label_names)["score"]
+
     with torch.no_grad():
-        reference = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
-                                    for b in check_batches])
+        reference = flat([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
+                          for b in check_batches])
     work = out_dir / f".work-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        made = _build_formats(model, work, formats, check_batches, calibration)
+        made = _build_formats(model, work, formats, check_batches, calibration, kind)
         checks = {variant: onnx_export.check(variant, reference,
-                                             onnx_export.onnx_logits(onnx_export.session(path), check_batches),
-                                             check_labels, metric, max_metric_drop)
+                                             flat(onnx_export.onnx_batch_logits(onnx_export.session(path),
+                                                                                check_batches)),
+                                             check_labels, metric, max_metric_drop, score_fn=score,
+                                             unit=kind.prediction_unit)
                   for variant, path in made.items()}
         for variant, result in checks.items():
             print(f"[export] {name} {variant}: {result.describe()}" + ("" if result.ok else "  FAILED"))
@@ -172,11 +186,12 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
     return results
 
 
-def _build_formats(model, work: Path, formats: list[str], check_batches, calibration) -> dict[str, Path]:
+def _build_formats(model, work: Path, formats: list[str], check_batches, calibration,
+                   kind: TaskKind = SEQUENCE_CLASSIFICATION) -> dict[str, Path]:
     """Write <work>/<format>.onnx for every requested format; returns {format: path}."""
     example = {k: torch.from_numpy(v[:1]) for k, v in check_batches[0].items()}
     fp32 = work / "fp32.onnx"
-    onnx_export.export_fp32(model, fp32, example)
+    onnx_export.export_fp32(model, fp32, example, kind.onnx_logits_axes)
     config = model.config
     layer_heads = getattr(config, "layer_heads", None)
     uniform = not layer_heads or len(set(layer_heads)) == 1

@@ -58,7 +58,7 @@ class TrainConfig:
 class TaskConfig:
     """The labelled task: embedded, a GLUE name, or a local folder/file."""
 
-    name: str = "rotten_tomatoes"  # rotten_tomatoes (embedded) | glue/<task> | path to CSV/TSV/JSONL file or folder
+    name: str = "rotten_tomatoes"  # rotten_tomatoes | conll2003 (embedded) | glue/<task> | file or folder | hub NER name
     max_len: int = 128  # tokens per example after truncation
     max_train_examples: int = 0  # cap the training split (quick runs); 0 = all
     max_eval_examples: int = 0  # cap dev and test splits; 0 = all
@@ -66,12 +66,16 @@ class TaskConfig:
     # auto: fractional numbers are a regression score, anything else (text, integers) names classes;
     # the decision is printed when the data loads. Set it when integer labels are really a score.
     type: Literal["auto", "classification", "regression"] = "auto"
+    # auto: from the data (conll2003, CoNLL files, tokens/tags columns = token); explicit: refused if the data disagrees
+    kind: Literal["auto", "sequence_classification", "token_classification"] = "auto"
+    tag_column: int = -1  # token classification, CoNLL files: the column holding the tag (0 is the token)
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.name), f"{prefix}.name", "must not be empty")
         _check(8 <= self.max_len <= 512, f"{prefix}.max_len", "must be in [8, 512] (BERT positions)")
         _check(self.max_train_examples >= 0, f"{prefix}.max_train_examples", "must be >= 0")
         _check(self.max_eval_examples >= 0, f"{prefix}.max_eval_examples", "must be >= 0")
+        _check(self.tag_column != 0, f"{prefix}.tag_column", "column 0 is the token; use 1, 2, ... or -1 (last)")
 
 
 @dataclass

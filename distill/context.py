@@ -8,7 +8,7 @@ import yaml
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from distill.batching import make_loader, tokenize
+from distill.batching import make_loader
 from distill.config import ExperimentConfig, to_dict
 from distill.data import TaskData, load_task
 from distill.fsutil import replace_folder, write_text_atomic
@@ -44,12 +44,13 @@ class RunContext:
     @cached_property
     def tokenized(self) -> dict:
         """train/dev/test tokenized with the teacher's tokenizer (students share its vocabulary)."""
-        return {split: tokenize(getattr(self.data, split), self.tokenizer, self.cfg.task.max_len)
+        return {split: self.data.kind.tokenize(getattr(self.data, split), self.tokenizer, self.cfg.task.max_len, split)
                 for split in ("train", "dev", "test")}
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, dataset=None, collator=None):
         return make_loader(dataset if dataset is not None else self.tokenized[split], self.tokenizer, batch_size,
-                           shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers, collator=collator)
+                           shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers,
+                           collator=collator or self.data.kind.collator(self.tokenizer))
 
     def tracker(self, stage_dir: Path, stage: str) -> Tracker:
         return Tracker(stage_dir, stage, config={**to_dict(self.cfg), "git_commit": git_commit()},

@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from distill import assets
 from distill.config import TaskConfig
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 SPLIT_SEED = 20201  # fixed: splits never depend on the experiment seed
 
@@ -53,8 +54,9 @@ class TaskData:
     dev: Dataset
     test: Dataset
     label_names: list[str] | None  # None for regression
-    metric: str  # accuracy | f1 | mcc | pearson
+    metric: str  # accuracy | f1 | mcc | pearson | entity_f1
     note: str = ""  # how the labels were read (classification or regression, and why), printed when loaded
+    kind: TaskKind = SEQUENCE_CLASSIFICATION  # what stages ask: features, heads, losses' mask, metric, export
 
     @property
     def is_regression(self) -> bool:
@@ -313,8 +315,12 @@ def _check_type(cfg: TaskConfig, label_names: list[str] | None) -> None:
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
+    from distill.tasks.ner_data import load_token_task, token_task_wanted
+
     name = cfg.name
-    if name == "rotten_tomatoes":
+    if token_task_wanted(cfg):  # NER: conll2003, CoNLL/JSONL/Parquet files, hub tokens/ner_tags datasets
+        data = load_token_task(cfg)
+    elif name == "rotten_tomatoes":
         data = load_rotten_tomatoes()
         _check_type(cfg, data.label_names)
     elif name.startswith("glue/"):

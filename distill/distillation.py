@@ -157,7 +157,7 @@ def _student_start(ctx: RunContext, teacher) -> tuple[object, str]:
         init = str(run_general(ctx))
     else:
         init = cfg.student.init
-    student = build_student(student_shape(ctx), teacher, kind="classifier", label_names=ctx.data.label_names,
+    student = build_student(student_shape(ctx), teacher, kind=ctx.data.kind.student_kind, label_names=ctx.data.label_names,
                             init=init, init_layers=cfg.student.init_layers,
                             init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
     return student, init
@@ -193,7 +193,8 @@ def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher,
         print(f"[task] {ctx.data.name} is a regression task: losses {chosen} instead of the default {losses}")
     matches = build_layer_map(chosen, t.layer_map, student.config.num_hidden_layers,
                               teacher.config.num_hidden_layers, t.layer_map_list)
-    objective = DistillObjective(student, teacher, matches, temperature=t.temperature)  # validates before training
+    objective = DistillObjective(student, teacher, matches, temperature=t.temperature,
+                                 kind=ctx.data.kind)  # validates before training
     for folder in carry_from:
         loaded = objective.load_projections(Path(folder) / PROJECTIONS)
         if loaded:
@@ -258,7 +259,7 @@ def run_prediction(ctx: RunContext) -> Path:
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "prediction")
     result = train(objective, ctx.loader("train", t.prediction.batch_size, True, train_set), t.prediction,
-                   stage.dir, save_model=_distill_saver(ctx), evaluate=lambda m: evaluate(m.student, dev, data.metric),
+                   stage.dir, save_model=_distill_saver(ctx), evaluate=lambda m: evaluate(m.student, dev, data),
                    tracker=tracker, seed=cfg.seed, desc="2b prediction")
     scores = _final_scores(ctx, stage.model_dir, result.step)
     tracker.summary(scores)
@@ -276,14 +277,14 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
         return train_set
     print(f"[teacher] logits for {len(train_set)} training examples, computed once and reused every epoch")
     return with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d),
-                               placement(mixed_precision))
+                               placement(mixed_precision), kind=ctx.data.kind)
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
     """Dev and test scores of a stage's model, on the accelerator, in full precision (the reported number)."""
     model = load_finetuned(folder).to(placement("no").device)
-    return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data.metric),
-            "test": evaluate(model, ctx.loader("test", 128), ctx.data.metric),
+    return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data),
+            "test": evaluate(model, ctx.loader("test", 128), ctx.data),
             "params": count_parameters(model), "steps": steps}
 
 
@@ -312,7 +313,7 @@ def run_baseline(ctx: RunContext) -> Path:
     # no distillation anywhere: with init=teacher the layers come from the *pretrained* teacher (as when
     # fine-tuning a truncated model), never from the fine-tuned one or a distilled general student
     teacher = load_backbone(cfg.teacher.name)
-    student = build_student(student_shape(ctx), teacher, kind="classifier", label_names=ctx.data.label_names,
+    student = build_student(student_shape(ctx), teacher, kind=ctx.data.kind.student_kind, label_names=ctx.data.label_names,
                             init=cfg.student.init, init_layers=cfg.student.init_layers,
                             init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
     del teacher
@@ -320,7 +321,7 @@ def run_baseline(ctx: RunContext) -> Path:
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "baseline")
     result = train(FineTuneObjective(student), ctx.loader("train", t.prediction.batch_size, True), t.prediction,
-                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, ctx.data.metric),
+                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, ctx.data),
                    tracker=tracker, seed=cfg.seed, desc="baseline")
     scores = _final_scores(ctx, stage.model_dir, result.step)
     tracker.summary(scores)

@@ -12,6 +12,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -51,6 +52,7 @@ class CheckResult:
     reference_score: float  # PyTorch source
     score: float  # this artifact
     metric_drop_limit: float  # largest allowed reference_score - score (0.01 = 1 point of accuracy)
+    unit: str = "examples"  # what one compared row is: examples, or real tokens (token classification)
 
     @property
     def metric_drop(self) -> float:
@@ -70,19 +72,21 @@ class CheckResult:
         return (f"max |logit diff| {self.max_abs_diff:.2e} (limit {self.max_abs_diff_limit:g}), agreement "
                 f"{self.agreement:.2%} (limit {self.agreement_limit:.1%}), dev {self.metric} {self.score:.4f} vs "
                 f"{self.reference_score:.4f} in PyTorch (drop {100 * self.metric_drop:.2f} points, limit "
-                f"{100 * self.metric_drop_limit:.2f}) on {self.examples} dev examples")
+                f"{100 * self.metric_drop_limit:.2f}) on {self.examples} dev {self.unit}")
 
     def to_json(self) -> dict:
         return {**asdict(self), "metric_drop": self.metric_drop, "ok": self.ok}
 
 
-def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor]) -> None:
-    """TorchScript-based export (dynamo=False): with eager attention ORT's optimizer can fuse it."""
+def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
+                logits_axes: tuple[tuple[int, str], ...] = ((0, "batch"),)) -> None:
+    """TorchScript-based export (dynamo=False): with eager attention ORT's optimizer can fuse it.
+    ``logits_axes``: the task kind's dynamic axes of the output, e.g. (batch, sequence) for NER."""
     model = model.eval()
     model.set_attn_implementation("eager")
     names = [n for n in INPUTS if n in example]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = dict(logits_axes)
 
     class LogitsOnly(nn.Module):
         def __init__(self, inner):
@@ -168,10 +172,19 @@ def onnx_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]]
     return np.concatenate([sess.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0] for b in batches])
 
 
+def onnx_batch_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Logits per batch (per-token logits of different batches have different lengths)."""
+    wanted = {i.name for i in sess.get_inputs()}
+    return [sess.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0] for b in batches]
+
+
 def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, metric: str,
-          max_metric_drop: float) -> CheckResult:
-    """Compare an artifact's dev logits with its PyTorch source's, and both with the dev labels."""
-    if len(labels) != len(reference):
+          max_metric_drop: float, score_fn: Callable[[np.ndarray], float] | None = None,
+          unit: str = "examples") -> CheckResult:
+    """Compare an artifact's dev logits (n, C) with its PyTorch source's, and both with the dev labels.
+    ``score_fn(logits) -> dev score`` replaces compute_metrics when a task kind scores otherwise (e.g.
+    NER: rows are real tokens, the metric is entity F1 over sentences); ``unit`` names what a row is."""
+    if score_fn is None and len(labels) != len(reference):
         raise ValueError(f"{len(labels)} dev labels for {len(reference)} logits rows")
     limit_diff, limit_agree = TOLERANCE[variant]
     diff = float(np.abs(reference - candidate).max())
@@ -179,10 +192,10 @@ def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np
         agree = float(np.mean(np.abs(reference - candidate).reshape(-1) < 0.1))
     else:
         agree = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
-    reference_score = compute_metrics(reference, labels, metric)["score"]
-    score = compute_metrics(candidate, labels, metric)["score"]
-    return CheckResult(variant, diff, agree, limit_diff, limit_agree, len(reference), metric, reference_score, score,
-                       max_metric_drop)
+    if score_fn is None:
+        score_fn = lambda logits: compute_metrics(logits, labels, metric)["score"]  # noqa: E731
+    return CheckResult(variant, diff, agree, limit_diff, limit_agree, len(reference), metric, score_fn(reference),
+                       score_fn(candidate), max_metric_drop, unit)
 
 
 def write_folder(onnx_path: Path, folder: Path, model_dir: Path, result: CheckResult, extra: dict) -> None:

@@ -136,7 +136,11 @@ def logits_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
 
 @full_precision
 def hard_ce(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of student logits (b, C) against gold class ids (b,)."""
+    """Cross-entropy of student logits (b, C) against gold class ids (b,), or per token: logits (b, s, C)
+    against tags (b, s) where -100 marks positions without a word tag (averaged over the others)."""
+    if student.dim() == 3:
+        return F.cross_entropy(student.float().reshape(-1, student.shape[-1]), labels.reshape(-1).long(),
+                               ignore_index=-100)
     return F.cross_entropy(student.float(), labels.long())
 
 

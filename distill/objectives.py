@@ -13,6 +13,7 @@ from distill.features import Features, FeatureTap, attention_blocks, num_heads
 from distill.layer_map import LayerMapError, Match
 from distill.losses import LOSSES
 from distill.placement import Placement
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 ATTENTION_FEATURES = ("scores", "query_key", "value")
 
@@ -91,8 +92,10 @@ class DistillObjective:
     A zero-weight term is still computed and logged when it can be, and left out when it cannot
     (e.g. hard_ce on a regression head); a weighted term that cannot be computed is refused here."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, matches: list[Match], temperature: float = 1.0):
+    def __init__(self, student: nn.Module, teacher: nn.Module, matches: list[Match], temperature: float = 1.0,
+                 kind: TaskKind | None = None):
         self.teacher = teacher.eval().requires_grad_(False)
+        self.kind = kind  # the task kind says over which positions prediction-layer losses average
         self.skipped = [m for m in matches if m.weight == 0 and _task_mismatch(m.loss, student)]
         matches = [m for m in matches if m not in self.skipped]
         self.matches = matches
@@ -197,6 +200,7 @@ class DistillObjective:
             with torch.no_grad():
                 t = self.teacher_tap(inputs)
         s = self.student_tap(inputs, runner=self.trainable)
+        output_mask = self.kind.output_mask(batch) if self.kind is not None else None  # None: one per example
         total = torch.zeros((), device=mask.device)
         terms: dict[str, float] = {}
         for m in self.matches:
@@ -208,7 +212,7 @@ class DistillObjective:
             if m in self.relation_heads:
                 kwargs["relation_heads"] = self.relation_heads[m]
             with torch.set_grad_enabled(m.weight > 0 and torch.is_grad_enabled()):
-                value = spec.fn(student, teacher, mask if spec.feature != "logits" else None, **kwargs)
+                value = spec.fn(student, teacher, mask if spec.feature != "logits" else output_mask, **kwargs)
             if not math.isfinite(float(value.detach())):
                 raise FloatingPointError(f"loss {m.loss} (student layer {m.student_layer}) is {float(value)}; "
                                          "lower the learning rate or use mixed_precision=no")
@@ -219,16 +223,18 @@ class DistillObjective:
 
 
 @torch.no_grad()
-def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, place: Placement | None = None):
+def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, place: Placement | None = None,
+                        kind: TaskKind | None = None):
     """``dataset`` plus a ``teacher_logits`` column: the teacher runs once instead of once per epoch,
-    on ``place``'s device and in its precision (those of the training the logits stand in for)."""
-    from distill.evaluation import predict
+    on ``place``'s device and in its precision (those of the training the logits stand in for).
+    Per-token logits are stored unpadded, one (seq_i, labels) row per example; the collator pads them."""
+    from distill.evaluation import predict_rows
     from distill.placement import placement
 
     place = place or placement("auto")
     teacher.eval().to(place.device)
     with place.autocast():
-        logits, _ = predict(teacher, loader_factory(dataset))
+        logits, _ = predict_rows(teacher, loader_factory(dataset), kind or SEQUENCE_CLASSIFICATION)
     return dataset.add_column("teacher_logits", [row.tolist() for row in logits])
 
 

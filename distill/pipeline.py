@@ -57,7 +57,11 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
         mlm_source(ctx)
     data = ctx.data  # task data errors surface now
     check_task_losses(cfg, data.is_regression)
+    data.kind.check_config(cfg)  # then what the task kind cannot do
     if cfg.teacher.already_finetuned:
+        from teachers.load import finetuned_architectures
+
+        data.kind.check_model_folder(finetuned_architectures(cfg.teacher.name), f"teacher.name={cfg.teacher.name}")
         _check_finetuned_labels(cfg, data.label_names)
 
 

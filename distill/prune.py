@@ -17,7 +17,7 @@ from distill.batching import to_model_inputs
 from distill.features import attention_blocks
 from distill.flops import encoder_flops
 from distill.placement import Placement, placement
-from students.modeling import PrunedBertForSequenceClassification, pruned_config_from
+from students.modeling import pruned_class_for, pruned_config_from
 
 
 @dataclass
@@ -64,7 +64,8 @@ def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float
     """Remove ``ratio`` of the heads and of the FFN neurons in every layer (or ``layer_ratios[i]``).
 
     The importance pass and the pruning trace run on ``place`` (default: the accelerator, full
-    precision). Returns a PrunedBertForSequenceClassification (on the CPU) carrying the pruned
+    precision). Returns a PrunedBert model with the same head (sequence or token
+    classification; on the CPU) carrying the pruned
     weights, and the report."""
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"prune ratio must be in (0, 1), got {ratio}")
@@ -130,9 +131,9 @@ def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float
 
 
 def _as_pruned_bert(model: nn.Module) -> nn.Module:
-    """Move the pruned weights into a PrunedBertForSequenceClassification (loads with from_pretrained)."""
+    """Move the pruned weights into the PrunedBert class of the same head (loads with from_pretrained)."""
     config = pruned_config_from(model)
-    pruned = PrunedBertForSequenceClassification(config)
+    pruned = pruned_class_for(model)(config)
     missing, unexpected = pruned.load_state_dict(model.state_dict(), strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

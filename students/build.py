@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig,
-                          PreTrainedModel)
+from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, BertConfig, PreTrainedModel)
 
 from students.presets import StudentShape
 
-KINDS = ("base", "mlm", "classifier")
+KINDS = ("base", "mlm", "classifier", "token")  # token: a per-token head (NER), AutoModelForTokenClassification
+HEADED = ("classifier", "token")  # kinds whose head is sized by the task's labels
 
 
 class StudentInitError(ValueError):
@@ -37,12 +38,17 @@ def student_config(shape: StudentShape, teacher_config, label_names: list[str] |
         pad_token_id=teacher_config.pad_token_id,
         layer_norm_eps=teacher_config.layer_norm_eps,
     )
-    if kind == "classifier":
-        _set_labels(config, label_names)
+    if kind in HEADED:
+        _set_labels(config, label_names, kind)
     return config
 
 
-def _set_labels(config, label_names: list[str] | None) -> None:
+def _set_labels(config, label_names: list[str] | None, kind: str = "classifier") -> None:
+    if kind == "token":  # tags: no problem_type (the token head's loss is cross-entropy over real words)
+        config.num_labels = len(label_names)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {n: i for i, n in enumerate(label_names)}
+        return
     if label_names is None:
         config.num_labels, config.problem_type = 1, "regression"
     else:
@@ -55,7 +61,8 @@ def _set_labels(config, label_names: list[str] | None) -> None:
 def _auto_class(kind: str):
     if kind not in KINDS:
         raise ValueError(f"student kind must be one of {KINDS}, got {kind!r}")
-    return {"base": AutoModel, "mlm": AutoModelForMaskedLM, "classifier": AutoModelForSequenceClassification}[kind]
+    return {"base": AutoModel, "mlm": AutoModelForMaskedLM, "classifier": AutoModelForSequenceClassification,
+            "token": AutoModelForTokenClassification}[kind]
 
 
 def init_teacher_layers(strategy: str, student_layers: int, teacher_layers: int,
@@ -129,9 +136,9 @@ def build_student(shape: StudentShape, teacher: PreTrainedModel, kind: str = "cl
         if not (folder / "config.json").is_file():
             raise StudentInitError(f"student.init={init!r} is neither random, teacher nor a model folder")
         kwargs = {}
-        if kind == "classifier":
+        if kind in HEADED:
             probe = BertConfig.from_pretrained(folder)
-            _set_labels(probe, label_names)
+            _set_labels(probe, label_names, kind)
             kwargs = {"config": probe}
         return auto.from_pretrained(folder, **kwargs)
     config = student_config(shape, teacher.config, label_names, kind)

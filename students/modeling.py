@@ -4,14 +4,16 @@ Stock BertConfig has one head count and one FFN width for all layers, and transf
 ``pruned_heads``, so a head-pruned BERT cannot be reloaded with ``from_pretrained``. ``PrunedBertConfig``
 records ``layer_heads`` and ``layer_ffn`` (with a fixed ``head_size``); the model classes rebuild
 exactly that shape. Importing ``students`` registers them with the Auto classes, so
-``AutoModelForSequenceClassification.from_pretrained(folder)`` works on a pruned folder. Weights are
+``AutoModelForSequenceClassification.from_pretrained(folder)`` (or ``AutoModelForTokenClassification`` for a
+NER student, also inside ``transformers.pipeline``) works on a pruned folder. Weights are
 plain safetensors.
 """
 from __future__ import annotations
 
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, BertConfig,
-                          BertForMaskedLM, BertForSequenceClassification, BertModel)
+from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, BertConfig, BertForMaskedLM, BertForSequenceClassification,
+                          BertForTokenClassification, BertModel)
 
 
 class PrunedBertConfig(BertConfig):
@@ -72,11 +74,35 @@ class PrunedBertForMaskedLM(BertForMaskedLM):
         self.post_init()
 
 
+class PrunedBertForTokenClassification(BertForTokenClassification):
+    config_class = PrunedBertConfig
+
+    def __init__(self, config: PrunedBertConfig):
+        super().__init__(config)
+        reshape_layers(self.bert.encoder, config)
+        self.post_init()
+
+
+PRUNED_CLASSES = {BertForSequenceClassification: PrunedBertForSequenceClassification,
+                  BertForTokenClassification: PrunedBertForTokenClassification,
+                  BertForMaskedLM: PrunedBertForMaskedLM, BertModel: PrunedBertModel}
+
+
+def pruned_class_for(model: nn.Module) -> type:
+    """The PrunedBert class with the same head as ``model`` (a Bert* or PrunedBert* model)."""
+    for plain, pruned in PRUNED_CLASSES.items():
+        if isinstance(model, (plain, pruned)):
+            return pruned
+    raise TypeError(f"no pruned counterpart for {type(model).__name__}; expected a BERT model with a "
+                    "sequence, token or MLM head")
+
+
 def register() -> None:
     AutoConfig.register("pruned-bert", PrunedBertConfig, exist_ok=True)
     AutoModel.register(PrunedBertConfig, PrunedBertModel, exist_ok=True)
     AutoModelForSequenceClassification.register(PrunedBertConfig, PrunedBertForSequenceClassification, exist_ok=True)
     AutoModelForMaskedLM.register(PrunedBertConfig, PrunedBertForMaskedLM, exist_ok=True)
+    AutoModelForTokenClassification.register(PrunedBertConfig, PrunedBertForTokenClassification, exist_ok=True)
 
 
 def pruned_config_from(model: nn.Module) -> PrunedBertConfig:

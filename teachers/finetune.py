@@ -12,7 +12,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from accelerate.utils import set_seed
-from transformers import AutoModelForSequenceClassification
 
 from distill.context import RunContext
 from distill.evaluation import evaluate
@@ -20,6 +19,7 @@ from distill.fingerprint import input_digests
 from distill.objectives import FineTuneObjective
 from distill.run import StageRun, announce_once
 from distill.summary import max_len_cost, run_summary, score_report, summary_baseline
+from distill.tasks import kind_of_folder
 from distill.trainer import train
 from teachers.load import finetuned_labels, load_classifier, local_model_folder, use_eager_attention
 
@@ -39,7 +39,8 @@ def teacher_stage(ctx: RunContext) -> StageRun:
 
 
 def load_finetuned(folder: Path):
-    return use_eager_attention(AutoModelForSequenceClassification.from_pretrained(folder))
+    """A fine-tuned folder with the head its architecture records (sequence or token classification)."""
+    return use_eager_attention(kind_of_folder(folder).auto_class.from_pretrained(folder))
 
 
 def finetune_teacher(ctx: RunContext) -> Path:
@@ -62,15 +63,15 @@ def finetune_teacher(ctx: RunContext) -> Path:
     stage.start()
     data = ctx.data
     set_seed(cfg.seed)  # the new classifier head is drawn from the seed, whatever ran before in this process
-    model = load_classifier(cfg.teacher.name, data.label_names)
+    model = load_classifier(cfg.teacher.name, data.label_names, data.kind)
     train_cfg = cfg.teacher.finetune
     dev = ctx.loader("dev", 64)
     tracker = ctx.tracker(stage.dir, "teacher")
     result = train(FineTuneObjective(model), ctx.loader("train", train_cfg.batch_size, shuffle=True), train_cfg,
-                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, data.metric),
+                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, data),
                    tracker=tracker, seed=cfg.seed, desc="teacher")
     best = load_finetuned(stage.model_dir)
-    scores = {"dev": evaluate(best, dev, data.metric), "test": evaluate(best, ctx.loader("test", 64), data.metric),
+    scores = {"dev": evaluate(best, dev, data), "test": evaluate(best, ctx.loader("test", 64), data),
               "steps": result.step}
     tracker.summary(scores)
     tracker.finish()

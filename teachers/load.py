@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from distill import assets
 
@@ -63,17 +63,13 @@ def has_mlm_head(name: str) -> bool:
     return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
 
 
-def load_classifier(name: str, label_names: list[str] | None) -> PreTrainedModel:
-    """Sequence classifier on top of the teacher; regression when ``label_names`` is None."""
-    num_labels = 1 if label_names is None else len(label_names)
-    kwargs: dict = {"num_labels": num_labels}
-    if label_names is not None:
-        kwargs["id2label"] = dict(enumerate(label_names))
-        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
-        kwargs["problem_type"] = "single_label_classification"
-    else:
-        kwargs["problem_type"] = "regression"
-    model = _load(AutoModelForSequenceClassification.from_pretrained, name, **kwargs)
+def load_classifier(name: str, label_names: list[str] | None, kind=None) -> PreTrainedModel:
+    """The teacher with a fresh head of the task kind (sequence classification by default; regression
+    when ``label_names`` is None)."""
+    from distill.tasks import SEQUENCE_CLASSIFICATION
+
+    kind = kind or SEQUENCE_CLASSIFICATION
+    model = _load(kind.auto_class.from_pretrained, name, **kind.head_config(label_names))
     return use_eager_attention(model)
 
 
@@ -81,6 +77,11 @@ def load_backbone(name: str, with_mlm_head: bool = False) -> PreTrainedModel:
     """The pretrained encoder (for general distillation), with its MLM head when asked and present."""
     loader = AutoModelForMaskedLM.from_pretrained if with_mlm_head else AutoModel.from_pretrained
     return use_eager_attention(_load(loader, name))
+
+
+def finetuned_architectures(name: str | Path) -> list[str]:
+    """Model class names recorded in a fine-tuned teacher's config (local folder or hub name)."""
+    return list(load_config(str(name)).architectures or [])
 
 
 def finetuned_labels(name: str | Path) -> list[str] | None:

@@ -1,0 +1,34 @@
+"""Task kinds: what differs between sentence classification and token classification (and later QA).
+
+Stages ask ``ctx.data.kind`` (a TaskKind) instead of assuming ``(batch, labels)`` logits; a model folder's
+kind is read from its architecture name.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill.tasks.base import TaskKind, TaskKindError
+from distill.tasks.sequence_classification import SEQUENCE_CLASSIFICATION
+from distill.tasks.token_classification import TOKEN_CLASSIFICATION
+
+KINDS: dict[str, TaskKind] = {k.name: k for k in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)}
+
+__all__ = ["KINDS", "SEQUENCE_CLASSIFICATION", "TOKEN_CLASSIFICATION", "TaskKind", "TaskKindError", "get_kind",
+           "kind_of_folder"]
+
+
+def get_kind(name: str) -> TaskKind:
+    if name not in KINDS:
+        raise TaskKindError(f"unknown task kind {name!r}; choose one of {sorted(KINDS)}")
+    return KINDS[name]
+
+
+def kind_of_folder(folder: str | Path) -> TaskKind:
+    """The kind of a fine-tuned model folder, from the architecture recorded in its config.json."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    for arch in config.get("architectures") or []:
+        for kind in KINDS.values():
+            if arch.endswith(kind.architecture_suffix):
+                return kind
+    return SEQUENCE_CLASSIFICATION

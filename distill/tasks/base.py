@@ -1,0 +1,88 @@
+"""What a task kind owns, so that the stages stay the same code for every kind.
+
+A stage never asks "is this NER?": it asks the kind for features (tokenize + label alignment), the
+collator, the Auto class of its heads, the mask the prediction-layer losses average over, how
+per-batch logits become per-example rows, the metric, and the ONNX output axes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class TaskKindError(ValueError):
+    """The data, the config or a model folder does not fit the task kind."""
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    name: str  # sequence_classification | token_classification (| question_answering)
+    student_kind: str  # the head students.build.build_student builds: classifier | token
+    architecture_suffix: str  # model class names of this kind end with it, e.g. ForTokenClassification
+    pipeline_task: str  # transformers.pipeline task name for the exported folders
+    prediction_unit: str  # what one row of flat_outputs is: "examples" | "real tokens"
+    onnx_logits_axes: tuple[tuple[int, str], ...]  # dynamic axes of the ONNX 'logits' output
+
+    # ---- heads -------------------------------------------------------------------------------
+    @property
+    def auto_class(self):
+        raise NotImplementedError
+
+    def head_config(self, label_names: list[str] | None) -> dict[str, Any]:
+        """from_pretrained/config kwargs that size and name the head."""
+        raise NotImplementedError
+
+    # ---- features ----------------------------------------------------------------------------
+    def tokenize(self, dataset, tokenizer, max_len: int, split: str = ""):
+        raise NotImplementedError
+
+    def collator(self, tokenizer):
+        raise NotImplementedError
+
+    # ---- prediction-layer losses ---------------------------------------------------------------
+    def output_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Positions soft/hard CE average over: None = one prediction per example."""
+        return None
+
+    def check_losses(self, losses: dict[str, float], key: str) -> None:
+        """Refuse prediction-layer losses that make no sense for this kind (before any training)."""
+
+    def check_config(self, cfg) -> None:
+        """Settings this kind cannot honour, refused before any weight loads (cfg: ExperimentConfig)."""
+        self.check_losses(cfg.task_distill.prediction_losses, "task_distill.prediction_losses")
+        if cfg.prune.enabled:
+            self.check_losses(cfg.prune.recovery_losses, "prune.recovery_losses")
+
+    # ---- predictions and metrics -------------------------------------------------------------------
+    def rows(self, logits: np.ndarray, labels: np.ndarray | None, attention_mask: np.ndarray) -> tuple[list, list]:
+        """Per-example logits and labels of one batch (padding removed where the kind has a sequence axis)."""
+        raise NotImplementedError
+
+    def label_rows(self, labels: np.ndarray, attention_mask: np.ndarray) -> list:
+        """Per-example labels of one batch (padding removed where the kind has a sequence axis)."""
+        return self.rows(labels, labels, attention_mask)[1]
+
+    def unflatten(self, flat: np.ndarray, attention_masks: list[np.ndarray]) -> list[np.ndarray]:
+        """Inverse of flat_outputs over consecutive batches: per-example rows again."""
+        raise NotImplementedError
+
+    def collect(self, rows: list) -> Any:
+        """Per-example rows back into what metrics and callers take (an array where shapes allow)."""
+        return rows
+
+    def flat_outputs(self, logits: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(n, C) predictions of one batch for export checks: one row per example or per real token."""
+        raise NotImplementedError
+
+    def metrics(self, logit_rows, label_rows, metric: str, label_names: list[str] | None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def check_model_folder(self, architectures: list[str] | None, where: str) -> None:
+        """A fine-tuned folder of the other kind (e.g. a sentence classifier for NER data) is refused."""
+        if architectures and not any(a.endswith(self.architecture_suffix) for a in architectures):
+            raise TaskKindError(f"{where} is a {architectures[0]} but the task is {self.name}; use a model "
+                                f"folder fine-tuned for {self.name} (a *{self.architecture_suffix}) or "
+                                "set teacher.already_finetuned=false to fine-tune it here")
