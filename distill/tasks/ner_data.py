@@ -92,7 +92,9 @@ def from_dataset(dataset: Dataset, source: str) -> Sentences:
             raise DataError(f"{source}: column {column!r} holds integer tags without names; store tag strings "
                             "(B-PER, I-PER, O) or a ClassLabel feature with the names")
         tags = [[names[t] for t in row] for row in tags]
-    return tokens, [[str(t) for t in row] for row in tags]
+    sentences = (tokens, [[str(t) for t in row] for row in tags])
+    check_lengths(sentences, source)
+    return sentences
 
 
 def read_table(path: Path) -> Sentences:
