@@ -117,3 +117,8 @@ def test_a_task_kind_that_contradicts_the_data_is_refused(tmp_path, task_folder)
     with pytest.raises(DataError, match="is a sentence classification task"):
         load_task(TaskConfig(name="rotten_tomatoes", kind="token_classification"))
     assert load_task(TaskConfig(name=str(task_folder))).kind.name == "sequence_classification"  # auto
+
+
+def test_a_classification_folder_with_other_text_files_stays_classification(task_folder):
+    (task_folder / "corpus.txt").write_text("some unlabeled text\n")  # a .txt beside train.csv is not CoNLL data
+    assert load_task(TaskConfig(name=str(task_folder))).kind.name == "sequence_classification"

@@ -15,7 +15,7 @@ from distill.config import load_config
 from distill.tracking import read_metrics
 from students.presets import resolve_shape
 
-RECIPES = ["tinybert_sst2", "tinybert_mrpc", "tinybert_rte", "distilbert_sst2"]
+RECIPES = ["tinybert_sst2", "tinybert_mrpc", "tinybert_rte", "distilbert_sst2", "tinybert_conll2003"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,8 @@ def test_recipe_runs_a_few_steps_on_a_bert_large_shaped_teacher(recipe, tmp_path
     for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction",
                     "prune.recovery"):
         overrides += [f"{section}.{s}" for s in steps]
+    if cfg.task.name == "conll2003":  # the embedded NER data: a few sentences are enough here
+        overrides += ["task.max_train_examples=64", "task.max_eval_examples=16"]
     cfg = load_config(f"experiments/{recipe}.yaml", overrides)
     pipeline.run_distill(cfg)
     run = cfg.run_dir

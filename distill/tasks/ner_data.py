@@ -287,7 +287,7 @@ def _looks_like_tokens(path: Path) -> bool:
         if (path / "dataset_dict.json").is_file():
             dd = load_from_disk(str(path))
             return any("tokens" in d.column_names for d in dd.values())
-        train = _find(path, ("train",)) or next(iter(sorted(p for p in path.iterdir() if p.is_file())), None)
+        train = next(iter(sorted(p for p in path.glob("train*") if p.is_file())), None)  # train.csv: sentences
         return train is not None and _looks_like_tokens(train)
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
