@@ -122,3 +122,9 @@ def test_a_task_kind_that_contradicts_the_data_is_refused(tmp_path, task_folder)
 def test_a_classification_folder_with_other_text_files_stays_classification(task_folder):
     (task_folder / "corpus.txt").write_text("some unlabeled text\n")  # a .txt beside train.csv is not CoNLL data
     assert load_task(TaskConfig(name=str(task_folder))).kind.name == "sequence_classification"
+
+
+def test_an_unknown_hub_name_fails_with_one_line():
+    with pytest.raises(DataError, match="could not be loaded from the hub") as err:
+        load_task(TaskConfig(name="no-such-user/no-such-ner-set", kind="token_classification"))
+    assert "\n" not in str(err.value)

@@ -96,3 +96,19 @@ def test_ner_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_ner_teacher_dir, 
     # the pruned student works with the transformers pipeline alone (after `import students`)
     ner = pipeline("token-classification", model=str(run / "student-pruned" / "model"), aggregation_strategy="simple")
     assert isinstance(ner("john smith went to paris"), list)
+
+
+def test_a_sentence_classifier_teacher_is_refused_for_ner_data(tmp_path, tiny_teacher_dir, conll_folder):
+    cfg = _cfg(tmp_path, tiny_teacher_dir, conll_folder, "teacher.already_finetuned=true")
+    with pytest.raises(ValueError, match="is a BertForSequenceClassification but the task is token_classification"):
+        stages.run_teacher(cfg)
+
+
+def test_settings_a_token_task_cannot_honour_stop_before_training(tmp_path, tiny_ner_teacher_dir, conll_folder):
+    cfg = _cfg(tmp_path, tiny_ner_teacher_dir, conll_folder, "task_distill.augment.enabled=true")
+    with pytest.raises(ValueError, match="augment.enabled': TinyBERT word replacement"):
+        stages.run_distill(cfg)
+    cfg = _cfg(tmp_path, tiny_ner_teacher_dir, conll_folder, "task_distill.prediction_losses={logits_mse: 1.0}")
+    with pytest.raises(ValueError, match="logits_mse': a regression loss on a token classification task"):
+        stages.run_distill(cfg)
+    assert not (cfg.run_dir / "teacher").exists()

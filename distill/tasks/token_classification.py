@@ -17,16 +17,16 @@ from distill.tasks.base import TaskKind, TaskKindError
 IGNORE = -100  # label of positions that carry no word tag (special tokens, non-first sub-tokens, padding)
 
 
-def cut_at_word_boundary(word_ids: list[int | None], max_len: int) -> int:
-    """Content end p (exclusive) so that the kept tokens plus the trailing special tokens fit in
-    ``max_len`` and no word is split: positions [0, p) are kept, then the trailing specials."""
+def cut_at_word_boundary(word_ids: list[int | None], max_len: int) -> list[int]:
+    """Positions to keep so that the sequence fits in ``max_len`` without splitting a word: the leading
+    tokens up to the last whole word that fits, then the trailing special tokens (e.g. [SEP])."""
     trailing = 0
     while trailing < len(word_ids) and word_ids[len(word_ids) - 1 - trailing] is None:
         trailing += 1
     p = max_len - trailing
     while p > 0 and word_ids[p] is not None and word_ids[p - 1] == word_ids[p]:
         p -= 1  # p would split a word: cut before its first sub-token
-    return p
+    return list(range(p)) + list(range(len(word_ids) - trailing, len(word_ids)))
 
 
 def align_labels(word_ids: list[int | None], tags: list[int]) -> list[int]:
@@ -68,9 +68,7 @@ def encode_words(tokens: list[list[str]], tags: list[list[int]] | None, tokenize
         present = {w for w in word_ids if w is not None}
         stats.empty_words += len(tokens[i]) - len(present)
         if len(word_ids) > max_len:
-            p = cut_at_word_boundary(word_ids, max_len)
-            trailing = len(word_ids) - max(j for j, w in enumerate(word_ids) if w is not None) - 1
-            keep = list(range(p)) + list(range(len(word_ids) - trailing, len(word_ids)))  # + [SEP]
+            keep = cut_at_word_boundary(word_ids, max_len)
             kept_words = {word_ids[j] for j in keep if word_ids[j] is not None}
             stats.long_sentences += 1
             stats.truncated_words += len(present) - len(kept_words)
