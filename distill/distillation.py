@@ -157,7 +157,8 @@ def _student_start(ctx: RunContext, teacher) -> tuple[object, str]:
         init = str(run_general(ctx))
     else:
         init = cfg.student.init
-    student = build_student(student_shape(ctx), teacher, kind=ctx.data.kind.student_kind, label_names=ctx.data.label_names,
+    student = build_student(student_shape(ctx), teacher, kind=ctx.data.kind.student_kind,
+                            label_names=ctx.data.label_names,
                             init=init, init_layers=cfg.student.init_layers,
                             init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
     return student, init
@@ -313,7 +314,8 @@ def run_baseline(ctx: RunContext) -> Path:
     # no distillation anywhere: with init=teacher the layers come from the *pretrained* teacher (as when
     # fine-tuning a truncated model), never from the fine-tuned one or a distilled general student
     teacher = load_backbone(cfg.teacher.name)
-    student = build_student(student_shape(ctx), teacher, kind=ctx.data.kind.student_kind, label_names=ctx.data.label_names,
+    student = build_student(student_shape(ctx), teacher, kind=ctx.data.kind.student_kind,
+                            label_names=ctx.data.label_names,
                             init=cfg.student.init, init_layers=cfg.student.init_layers,
                             init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
     del teacher

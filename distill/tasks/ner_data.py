@@ -159,9 +159,9 @@ def to_iob2(tags: list[list[str]], source: str) -> tuple[list[list[str]], int]:
             previous = t
         out.append(converted)
     if iob1_starts and iob2_starts:
-        raise DataError(f"{source}: mixed tagging schemes: {iob1_starts} entities start with I- (IOB1, first in sentence "
-                        f"{first_iob1[0]}) and {iob2_starts} with B- after O (IOB2, first in sentence {first_iob2[0]}); "
-                        "use one scheme")
+        raise DataError(f"{source}: mixed tagging schemes: {iob1_starts} entities start with I- (IOB1, first in "
+                        f"sentence {first_iob1[0]}) and {iob2_starts} with B- after O (IOB2, first in sentence "
+                        f"{first_iob2[0]}); use one scheme")
     return out, iob1_starts
 
 
