@@ -24,9 +24,14 @@ KEEP_QUANTILE = 90  # the suggested max_len keeps this percentile of train examp
 SPLITS = ("train", "dev", "test")
 
 
+def _column(dataset, *names: str) -> list:
+    """The first of ``names`` the dataset has: sentence tasks have text/label, token tasks tokens/tags."""
+    return dataset[next(n for n in names if n in dataset.column_names)]
+
+
 def token_lengths(dataset, tokenizer, max_len: int) -> dict:
     """Untruncated lengths (special tokens included) and, for pairs, which side truncation would cut."""
-    texts = list(dataset["text"])
+    texts = list(_column(dataset, "text", "tokens"))
     kw = {"is_split_into_words": bool(texts) and isinstance(texts[0], list), "verbose": False}  # pre-split words
     if "text_pair" not in dataset.column_names:
         lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=False, **kw)["input_ids"]], dtype=np.int64)
@@ -50,7 +55,7 @@ def token_lengths(dataset, tokenizer, max_len: int) -> dict:
 
 
 def label_counts(dataset, label_names: list[str] | None) -> dict:
-    labels = dataset["label"]
+    labels = _column(dataset, "label", "tags")
     if labels and isinstance(labels[0], (list, tuple)):  # token classification: count tags
         labels = [tag for seq in labels for tag in seq]
     values = np.asarray(labels)

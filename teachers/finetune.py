@@ -92,7 +92,7 @@ def _given_teacher_scores(ctx: RunContext, folder: Path) -> dict:
         stored = json.loads(path.read_text())
         if stored.get("fingerprint") == fingerprint:
             return stored["scores"]
-    scores = {"dev": evaluate(load_finetuned(folder), ctx.loader("dev", 64), ctx.data.metric)}
+    scores = {"dev": evaluate(load_finetuned(folder), ctx.loader("dev", 64), ctx.data)}
     path.write_text(json.dumps({"fingerprint": fingerprint, "scores": scores}, indent=1))
     announce_once(str(path), f"[teacher] given fine-tuned teacher {folder}: {score_report(ctx, scores)}")
     return scores

@@ -96,6 +96,9 @@ def test_ner_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_ner_teacher_dir, 
     # the pruned student works with the transformers pipeline alone (after `import students`)
     ner = pipeline("token-classification", model=str(run / "student-pruned" / "model"), aggregation_strategy="simple")
     assert isinstance(ner("john smith went to paris"), list)
+    stages.run_baseline(cfg)  # the same student without a teacher, scored the same way
+    baseline = json.loads((run / "student-baseline" / "result.json").read_text())
+    assert {"entity_f1", "precision", "recall"} <= set(baseline["test"])
 
 
 def test_a_sentence_classifier_teacher_is_refused_for_ner_data(tmp_path, tiny_teacher_dir, conll_folder):
