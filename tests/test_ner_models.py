@@ -10,7 +10,7 @@ from transformers import AutoModelForTokenClassification, BertForTokenClassifica
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill import export as onnx_export
 from distill.batching import make_loader
-from distill.compress import _numpy_batches, export_model
+from distill.compress import _batches_and_labels, export_model
 from distill.layer_map import build_layer_map
 from distill.objectives import DistillObjective, with_teacher_logits
 from distill.prune import prune_model
@@ -75,13 +75,26 @@ def test_cached_teacher_logits_are_unpadded_rows_and_give_the_live_loss(token_mo
 
 
 def test_onnx_token_logits_match_pytorch_with_dynamic_axes(tmp_path, token_model_dir, tokenized, tokenizer):
-    batches = _numpy_batches(loader(tokenized, tokenizer, 5))
+    batches, labels = _batches_and_labels(loader(tokenized, tokenizer, 5), TOKEN_CLASSIFICATION)
+    assert sorted(len(row) for row in labels) == sorted(tokenized["length"])  # unpadded rows, loader order
     results = export_model(token_model_dir, tmp_path / "export", "student-task", ["fp32", "fp32-fused", "int8-dynamic"],
-                           batches, batches[:2], 32, tensorrt=False, kind=TOKEN_CLASSIFICATION)
+                           batches, labels, "entity_f1", batches[:2], 32, tensorrt=False, max_metric_drop=0.05,
+                           kind=TOKEN_CLASSIFICATION, label_names=NAMES)
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    assert results["fp32"]["check"]["examples"] == real_tokens  # compared per real token, padding excluded
-    assert results["fp32"]["check"]["max_abs_diff"] < 1e-4
+    check = results["fp32"]["check"]
+    assert check["examples"] == real_tokens and check["unit"] == "real tokens"  # padding excluded
+    assert check["max_abs_diff"] < 1e-4 and check["metric"] == "entity_f1"
     model = AutoModelForTokenClassification.from_pretrained(token_model_dir).eval()
+    predicted, gold = [], []
+    with torch.no_grad():  # entity F1 of the PyTorch model, computed independently, sentence by sentence
+        for i in range(len(tokenized)):
+            logits = model(input_ids=torch.tensor([tokenized[i]["input_ids"]])).logits[0].numpy()
+            words = np.asarray(tokenized[i]["labels"]) != -100
+            predicted.append([NAMES[t] for t in logits[words].argmax(-1)])
+            gold.append([NAMES[t] for t in np.asarray(tokenized[i]["labels"])[words]])
+    from seqeval.metrics import f1_score
+
+    assert check["reference_score"] == pytest.approx(f1_score(gold, predicted), abs=1e-9)
     sess = onnx_export.session(tmp_path / "export" / "student-task-fp32-fused" / "model.onnx")
     for batch, seq in ((1, 5), (3, 17)):
         feed = {"input_ids": np.full((batch, seq), 2000, np.int64), "attention_mask": np.ones((batch, seq), np.int64),
@@ -95,7 +108,8 @@ def test_onnx_token_logits_match_pytorch_with_dynamic_axes(tmp_path, token_model
 
 def test_a_failed_token_check_is_caught():
     ref = np.eye(3)[[0, 1, 2, 0]]
-    bad = onnx_export.check("fp32", ref, np.eye(3)[[0, 2, 1, 0]])
+    bad = onnx_export.check("fp32", ref, np.eye(3)[[0, 2, 1, 0]], None, "entity_f1", 0.01,
+                            score_fn=lambda logits: float((logits.argmax(-1) == 0).mean()), unit="real tokens")
     assert not bad.ok and bad.agreement == 0.5
 
 
