@@ -89,7 +89,10 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
               repeats: int = 50) -> BenchRow:
     """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx.
     ``task``: the TaskData, whose kind scores the outputs (entity F1, word-aligned, for NER), or a metric
-    name (sentence classification); ``labels``: one array per test batch."""
+    name (sentence classification); ``labels``: one array per test batch (or, for one label per example,
+    all of them in one array)."""
+    if isinstance(labels, np.ndarray):
+        labels = np.split(labels, np.cumsum([len(b["input_ids"]) for b in test_batches])[:-1])
     kind = getattr(task, "kind", SEQUENCE_CLASSIFICATION)
     metric = getattr(task, "metric", task)
     torch.set_num_threads(threads)
