@@ -278,7 +278,7 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
         return train_set
     print(f"[teacher] logits for {len(train_set)} training examples, computed once and reused every epoch")
     return with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d),
-                               placement(mixed_precision), kind=ctx.data.kind)
+                               placement(mixed_precision), kind=objective.kind)
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
