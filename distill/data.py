@@ -331,7 +331,7 @@ def load_task(cfg: TaskConfig) -> TaskData:
     else:
         raise DataError(f"task.name {name!r} is neither 'rotten_tomatoes', 'glue/<task>' nor an existing "
                         "file or folder with text/label columns")
-    stratify = not data.is_regression
+    stratify = not data.is_regression and "label" in data.train.column_names  # one class per row to stratify by
     if cfg.max_train_examples:
         data.train = sample_rows(data.train, cfg.max_train_examples, stratify)
     if cfg.max_eval_examples:

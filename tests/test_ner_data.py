@@ -128,3 +128,9 @@ def test_an_unknown_hub_name_fails_with_one_line():
     with pytest.raises(DataError, match="could not be loaded from the hub") as err:
         load_task(TaskConfig(name="no-such-user/no-such-ner-set", kind="token_classification"))
     assert "\n" not in str(err.value)
+
+
+def test_example_caps_apply_to_token_tasks(tmp_path):
+    data = load_task(TaskConfig(name=str(folder(tmp_path)), max_train_examples=2, max_eval_examples=1))
+    assert (len(data.train), len(data.dev), len(data.test)) == (2, 1, 1)
+    assert "entity F1" in data.note

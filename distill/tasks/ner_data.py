@@ -273,7 +273,9 @@ def load_token_task(cfg: TaskConfig) -> TaskData:
     index = {n: i for i, n in enumerate(names)}
     datasets = {s: Dataset.from_dict({"tokens": t, "tags": [[index[x] for x in row] for row in g]})
                 for s, (t, g) in splits.items()}
-    return TaskData(source, datasets["train"], datasets["dev"], datasets["test"], names, "entity_f1",
+    note = (f"token classification with {len(names)} IOB2 tags [{', '.join(names)}], metric entity F1 "
+            "(seqeval)")
+    return TaskData(source, datasets["train"], datasets["dev"], datasets["test"], names, "entity_f1", note=note,
                     kind=TOKEN_CLASSIFICATION)
 
 
