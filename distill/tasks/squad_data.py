@@ -214,12 +214,48 @@ def load_local_squad(path: Path) -> tuple[Dataset, Dataset, Dataset]:
     return tuple(to_dataset(s) for s in splits)
 
 
+def check_records(records: list[dict], source: str, stats: LoadStats) -> list[dict]:
+    """Flat (hub-style) records: the same checks as the JSON reader: SQuAD 2.0 refused, answers whose
+    ``answer_start`` does not point at their text counted and skipped."""
+    out = []
+    for r in records:
+        answers = r["answers"]
+        if not answers["text"]:
+            raise QADataError(f"{source}: question {r['id']!r} has no answer (SQuAD 2.0); only SQuAD v1.1 (every "
+                              "question answered in its paragraph) is supported for now")
+        stats.questions += 1
+        pairs = [(t, int(a)) for t, a in zip(answers["text"], answers["answer_start"])
+                 if r["context"][int(a):int(a) + len(t)] == t]
+        stats.bad_answers += len(answers["text"]) - len(pairs)
+        if not pairs:
+            stats.dropped_questions += 1
+            continue
+        out.append({**r, "answers": {"text": [t for t, _ in pairs], "answer_start": [a for _, a in pairs]}})
+    return out
+
+
+HUB_COLUMNS = ("id", "title", "context", "question", "answers")
+
+
 def load_hub_squad(name: str = "squad") -> tuple[Dataset, Dataset, Dataset]:
-    """The hub's ``squad`` (train + validation): validation is the test split, dev is carved from
-    train by article."""
+    """The hub's ``squad`` (train + validation), or any dataset with its columns: validation is the test
+    split, dev is carved from train by article."""
     from datasets import load_dataset
 
-    hub = load_dataset(name)
-    train = hub["train"].to_list()
+    try:
+        hub = load_dataset(name)
+    except Exception as err:  # noqa: BLE001  (hub errors come in many types)
+        raise QADataError(f"task.name {name!r}: could not load it from the hub ({str(err).splitlines()[0][:200]}); "
+                          "without network use task.name=squad or a local SQuAD JSON file") from None
+    if "train" not in hub or "validation" not in hub:
+        raise QADataError(f"{name}: a hub QA dataset needs 'train' and 'validation' splits (found {list(hub)})")
+    missing = [c for c in HUB_COLUMNS if c not in hub["train"].column_names]
+    if missing:
+        raise QADataError(f"{name}: missing column(s) {missing} of SQuAD form {list(HUB_COLUMNS)} (found "
+                          f"{hub['train'].column_names})")
+    stats = LoadStats()
+    train = check_records(hub["train"].to_list(), name, stats)
+    test = check_records(hub["validation"].to_list(), name, stats)
+    print(stats.line(name))
     t, d, _ = split_by_article(train, (0.95, 0.05, 0.0))
-    return to_dataset(t), to_dataset(d), hub["validation"]
+    return to_dataset(t), to_dataset(d), to_dataset(test)

@@ -86,52 +86,66 @@ def _windows(examples: dict, tokenizer, max_len: int, doc_stride: int, max_quest
     return enc, sample, context_id
 
 
+def _answer_span(offsets, seq: list, context_id: int, answers: dict) -> tuple[int, int] | None:
+    """Token start/end of the first gold answer in one window, or None when it is not wholly inside."""
+    a_start = answers["answer_start"][0]
+    a_end = a_start + len(answers["text"][0])  # exclusive character end
+    ctx = [j for j, s in enumerate(seq) if s == context_id]
+    lo, hi = ctx[0], ctx[-1]
+    if offsets[lo][0] > a_start or offsets[hi][1] < a_end:
+        return None
+    s = lo
+    while s <= hi and offsets[s][1] <= a_start:
+        s += 1
+    e = hi
+    while e >= lo and offsets[e][0] >= a_end:
+        e -= 1
+    return s, e
+
+
 def train_features(examples: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int = 64,
                    stats: WindowStats | None = None) -> dict:
     """Batched ``datasets.map`` function: windows with ``start_positions``/``end_positions``."""
-    stats = stats if stats is not None else WindowStats()
-    enc, sample, context_id = _windows(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
-    starts, ends = [], []
-    for i, offsets in enumerate(enc["offset_mapping"]):
-        answers = examples["answers"][sample[i]]
-        a_start = answers["answer_start"][0]
-        a_end = a_start + len(answers["text"][0])  # exclusive character end
-        seq = enc.sequence_ids(i)
-        ctx = [j for j, s in enumerate(seq) if s == context_id]
-        lo, hi = ctx[0], ctx[-1]
-        if offsets[lo][0] > a_start or offsets[hi][1] < a_end:
-            starts.append(0)
-            ends.append(0)
-            stats.answer_outside += 1
-            continue
-        s = lo
-        while s <= hi and offsets[s][1] <= a_start:
-            s += 1
-        e = hi
-        while e >= lo and offsets[e][0] >= a_end:
-            e -= 1
-        starts.append(s)
-        ends.append(e)
-    enc["start_positions"], enc["end_positions"] = starts, ends
-    enc.pop("offset_mapping")
-    enc["length"] = [len(ids) for ids in enc["input_ids"]]
-    return dict(enc)
+    enc = window_features(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
+    for key in ("offset_mapping", "example_id", "example_index"):
+        enc.pop(key, None)
+    return enc
 
 
 def eval_features(examples: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int = 64,
                   stats: WindowStats | None = None) -> dict:
     """Batched ``datasets.map`` function: windows with ``example_id`` and context-only offsets."""
+    enc = window_features(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
+    for key in ("start_positions", "end_positions", "example_index"):
+        enc.pop(key, None)
+    return enc
+
+
+def window_features(examples: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int = 64,
+                    stats: WindowStats | None = None) -> dict:
+    """Both at once (one tokenization): start/end positions (where ``answers`` are given), the
+    question's ``example_id`` and row ``example_index`` in the batch, and context-only offsets."""
     stats = stats if stats is not None else WindowStats()
     enc, sample, context_id = _windows(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
-    ids, offsets_out = [], []
+    starts, ends, ids, offsets_out = [], [], [], []
     for i, offsets in enumerate(enc["offset_mapping"]):
         seq = enc.sequence_ids(i)
+        if "answers" in examples:
+            span = _answer_span(offsets, seq, context_id, examples["answers"][sample[i]])
+            if span is None:
+                stats.answer_outside += 1
+            starts.append(span[0] if span else 0)  # [CLS]: the answer is not in this window
+            ends.append(span[1] if span else 0)
         ids.append(examples["id"][sample[i]])
         offsets_out.append([list(o) if s == context_id else list(NO_OFFSET) for o, s in zip(offsets, seq)])
-    enc["offset_mapping"] = offsets_out
-    enc["example_id"] = ids
-    enc["length"] = [len(x) for x in enc["input_ids"]]
-    return dict(enc)
+    out = dict(enc)
+    if "answers" in examples:
+        out["start_positions"], out["end_positions"] = starts, ends
+    out["offset_mapping"] = offsets_out
+    out["example_id"] = ids
+    out["example_index"] = [int(s) for s in sample]
+    out["length"] = [len(x) for x in enc["input_ids"]]
+    return out
 
 
 def best_spans(contexts: dict[str, str], feature_ids: list[str], offsets: list, start_logits: list,
