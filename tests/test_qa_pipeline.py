@@ -69,3 +69,26 @@ def test_qa_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir):
     (answer,) = answer_questions(model, AutoTokenizer.from_pretrained(folder), ["What is the capital of france?"],
                                  [context])
     assert answer and answer in context
+
+
+def test_a_teacher_of_the_other_kind_is_refused_before_training(tmp_path, tiny_teacher_dir, task_folder):
+    squad = squad_folder(tmp_path / "squad")
+    cfg = _cfg(tmp_path, tiny_teacher_dir, squad, "teacher.already_finetuned=true")
+    with pytest.raises(ValueError, match="is a BertForSequenceClassification but the task is question_answering"):
+        stages.run_teacher(cfg)
+    qa_teacher = tmp_path / "qa_teacher"
+    AutoModelForQuestionAnswering.from_pretrained(tiny_teacher_dir).save_pretrained(qa_teacher)
+    AutoTokenizer.from_pretrained(tiny_teacher_dir).save_pretrained(qa_teacher)
+    cfg = _cfg(tmp_path, qa_teacher, task_folder, "teacher.already_finetuned=true", "task.max_len=32")
+    with pytest.raises(ValueError, match="is a BertForQuestionAnswering but the task is sequence_classification"):
+        stages.run_teacher(cfg)
+
+
+def test_a_qa_experiment_on_classification_data_stops_before_any_stage(tmp_path, tiny_encoder_dir, task_folder):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, task_folder, "task.kind=question_answering")
+    with pytest.raises(ValueError, match="task.kind=question_answering but .* is not SQuAD-format JSON"):
+        stages.run_distill(cfg)
+    cfg = _cfg(tmp_path, tiny_encoder_dir, squad_folder(tmp_path / "squad"), "task.max_len=24")
+    with pytest.raises(ValueError, match="task.max_len=24 leaves 5 context tokens"):
+        stages.run_distill(cfg)
+    assert not (cfg.run_dir / "teacher").exists()
