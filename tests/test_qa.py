@@ -183,3 +183,12 @@ def test_settings_question_answering_cannot_honour_are_refused():
     cfg = load_config(None, ["task.max_len=384", "task_distill.augment.enabled=true"])
     with pytest.raises(TaskKindError, match="augment.enabled': TinyBERT word replacement would move the answer"):
         kind.check_config(cfg)
+
+
+def test_export_agreement_counts_near_ties_as_agreeing_and_real_flips_as_not():
+    kind = QuestionAnswering()
+    reference = np.array([[0.0, 5.0, 4.5, 0.0], [0.0, 5.0, 4.5, 0.0], [3.0, 0.0, 0.0, 1.0]])
+    candidate = np.array([[0.0, 4.6, 4.7, 0.0], [6.0, 4.0, 4.5, 0.0], [3.0, 0.0, 0.0, 1.0]])
+    # row 0: a near-tie flips (4.5 is within 1 logit of 5.0); row 1: position 0 is 5 logits below the best
+    assert kind.agreement(reference, candidate) == pytest.approx(2 / 3)
+    assert QuestionAnswering.__mro__[1].agreement(kind, reference, candidate) == pytest.approx(1 / 3)  # exact argmax

@@ -105,6 +105,10 @@ class TaskKind:
         """(n, C) predictions of one batch for export checks: one row per example or per real token."""
         raise NotImplementedError
 
+    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> float:
+        """Share of flat_outputs rows on which an exported model predicts what PyTorch predicts."""
+        return float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+
     def metrics(self, logit_rows, label_rows, metric: str, label_names: list[str] | None) -> dict[str, float]:
         raise NotImplementedError
 
