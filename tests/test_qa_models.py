@@ -11,7 +11,7 @@ from transformers import AutoModelForQuestionAnswering, BertForQuestionAnswering
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill import export as onnx_export
 from distill.batching import make_loader
-from distill.compress import _numpy_batches, export_model
+from distill.compress import _batches_and_labels, export_model
 from distill.data import TaskData
 from distill.evaluation import evaluate, score_batches
 from distill.layer_map import build_layer_map
@@ -89,9 +89,10 @@ def test_cached_teacher_logits_are_unpadded_rows_and_give_the_live_loss(qa_model
 def test_onnx_start_and_end_logits_match_pytorch_and_give_the_same_em_f1(tmp_path, qa_model_dir, task, tokenizer):
     data, windows = task
     kind = data.kind
-    batches = _numpy_batches(loader(data, windows, tokenizer, 5))
+    batches, check_labels = _batches_and_labels(loader(data, windows, tokenizer, 5), kind)
     results = export_model(qa_model_dir, tmp_path / "export", "student-task", ["fp32", "fp32-fused", "int8-dynamic"],
-                           batches, batches[:2], 48, tensorrt=False, kind=kind)
+                           batches, check_labels, "squad_f1", batches[:2], 48, tensorrt=False, max_metric_drop=0.05,
+                           kind=kind)
     assert results["fp32"]["check"]["examples"] == 2 * len(windows)  # a start row and an end row per window
     assert results["fp32"]["check"]["max_abs_diff"] < 1e-4
     path = tmp_path / "export" / "student-task-fp32-fused" / "model.onnx"

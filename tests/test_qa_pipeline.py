@@ -33,7 +33,7 @@ def _cfg(tmp_path, teacher, task, *extra):
                  "student.init=teacher", f"general.corpus={corpus}", "general.max_len=32", "general.teacher=task",
                  "task_distill.prediction_losses={soft_ce: 1.0, hard_ce: 0.5}", "task_distill.temperature=2.0",
                  "export.check_examples=16", "export.formats=[fp32, fp32-fused]", "bench.repeats=5",
-                 "bench.test_examples=40"]
+                 "bench.test_examples=40", "teacher.gate=warn"]  # a 3-step tiny teacher learns nothing
     for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction",
                     "prune.recovery"):
         overrides += [f"{section}.{s}" for s in steps]
@@ -51,7 +51,7 @@ def test_qa_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir):
         assert type(model).__name__.endswith("ForQuestionAnswering")
         result = json.loads((run / stage / "result.json").read_text())
         assert {"exact_match", "f1", "score"} <= set(result["test"])
-        assert 0.0 <= result["test"]["exact_match"] <= result["test"]["f1"] <= 100.0
+        assert 0.0 <= result["test"]["exact_match"] <= result["test"]["f1"] <= 1.0
     records = [json.loads(line) for line in (run / "student-task" / "metrics.jsonl").read_text().splitlines()]
     terms = next(r for r in reversed(records) if "loss" in r)
     assert {"soft_ce", "hard_ce"} <= set(terms)
