@@ -120,7 +120,7 @@ def test_export_rows_exclude_padding(tokenizer):
 def test_squad_json_file_and_folder_are_detected_as_question_answering(tmp_path):
     path = squad_json(tmp_path / "mine.json", [f"a{i}" for i in range(10)])
     data = load_task(TaskConfig(name=str(path)))
-    assert data.kind.name == "question_answering" and data.metric == "squad_f1"
+    assert data.kind.name == "question_answering" and data.metric == "squad_f1" and not data.is_regression
     titles = [set(split["title"]) for split in (data.train, data.dev, data.test)]
     assert not (titles[0] & titles[1]) and not (titles[0] & titles[2]) and not (titles[1] & titles[2])
     folder = load_task(TaskConfig(name=str(squad_folder(tmp_path / "f")), kind="question_answering"))

@@ -78,4 +78,5 @@ def load_qa_task(cfg: TaskConfig) -> TaskData:
         raise DataError(str(err)) from None
     # question order shuffled once (seeded, within each article-level split) so caps sample many articles
     train, dev, test = (s.shuffle(seed=SPLIT_SEED).flatten_indices() for s in splits)
-    return TaskData(source, train, dev, test, None, "squad_f1", kind=QuestionAnswering.from_config(cfg))
+    # label names: the QA head's two outputs (None would mean a regression task to the stages)
+    return TaskData(source, train, dev, test, ["start", "end"], "squad_f1", kind=QuestionAnswering.from_config(cfg))
