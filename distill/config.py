@@ -58,7 +58,8 @@ class TrainConfig:
 class TaskConfig:
     """The labelled task: embedded, a GLUE name, or a local folder/file."""
 
-    name: str = "rotten_tomatoes"  # rotten_tomatoes | conll2003 (embedded) | glue/<task> | file or folder | hub NER name
+    # rotten_tomatoes | conll2003 | squad (embedded) | glue/<task> | file or folder | hub NER name | hub:<QA dataset>
+    name: str = "rotten_tomatoes"
     max_len: int = 128  # tokens per example after truncation
     max_train_examples: int = 0  # cap the training split (quick runs); 0 = all
     max_eval_examples: int = 0  # cap dev and test splits; 0 = all
@@ -67,8 +68,12 @@ class TaskConfig:
     # the decision is printed when the data loads. Set it when integer labels are really a score.
     type: Literal["auto", "classification", "regression"] = "auto"
     # auto: from the data (conll2003, CoNLL files, tokens/tags columns = token); explicit: refused if the data disagrees
-    kind: Literal["auto", "sequence_classification", "token_classification"] = "auto"
+    kind: Literal["auto", "sequence_classification", "token_classification", "question_answering"] = "auto"
     tag_column: int = -1  # token classification, CoNLL files: the column holding the tag (0 is the token)
+    doc_stride: int = 128  # question answering: tokens shared by consecutive windows of a long context
+    max_question_len: int = 64  # question answering: longer questions are cut to this many tokens
+    n_best: int = 20  # question answering: start and end candidates per window when picking the answer span
+    max_answer_len: int = 30  # question answering: longest predicted answer, in tokens
 
     def validate(self, prefix: str) -> None:
         _check(bool(self.name), f"{prefix}.name", "must not be empty")
@@ -76,6 +81,10 @@ class TaskConfig:
         _check(self.max_train_examples >= 0, f"{prefix}.max_train_examples", "must be >= 0")
         _check(self.max_eval_examples >= 0, f"{prefix}.max_eval_examples", "must be >= 0")
         _check(self.tag_column != 0, f"{prefix}.tag_column", "column 0 is the token; use 1, 2, ... or -1 (last)")
+        _check(self.doc_stride >= 1, f"{prefix}.doc_stride", "must be >= 1")  # vs max_len: the QA kind checks
+        _check(self.max_question_len >= 1, f"{prefix}.max_question_len", "must be >= 1")
+        _check(self.n_best >= 1, f"{prefix}.n_best", "must be >= 1")
+        _check(self.max_answer_len >= 1, f"{prefix}.max_answer_len", "must be >= 1")
 
 
 @dataclass

@@ -316,9 +316,12 @@ def _check_type(cfg: TaskConfig, label_names: list[str] | None) -> None:
 
 def load_task(cfg: TaskConfig) -> TaskData:
     from distill.tasks.ner_data import load_token_task, token_task_wanted
+    from distill.tasks.qa_task import load_qa_task, qa_task_wanted
 
     name = cfg.name
-    if token_task_wanted(cfg):  # NER: conll2003, CoNLL/JSONL/Parquet files, hub tokens/ner_tags datasets
+    if qa_task_wanted(cfg):  # QA: squad (embedded), SQuAD JSON files/folders, hub:<dataset>
+        data = load_qa_task(cfg)
+    elif token_task_wanted(cfg):  # NER: conll2003, CoNLL/JSONL/Parquet files, hub tokens/ner_tags datasets
         data = load_token_task(cfg)
     elif name == "rotten_tomatoes":
         data = load_rotten_tomatoes()

@@ -322,7 +322,7 @@ def run_baseline(ctx: RunContext) -> Path:
     stage.start()
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "baseline")
-    result = train(FineTuneObjective(student), ctx.loader("train", t.prediction.batch_size, True), t.prediction,
+    result = train(FineTuneObjective(student, ctx.data.kind), ctx.loader("train", t.prediction.batch_size, True), t.prediction,
                    stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, ctx.data),
                    tracker=tracker, seed=cfg.seed, desc="baseline")
     scores = _final_scores(ctx, stage.model_dir, result.step)

@@ -36,7 +36,7 @@ def predict_rows(model: nn.Module, loader: DataLoader, kind: TaskKind = SEQUENCE
     batches = loader.batch_sampler.batches() if hasattr(loader.batch_sampler, "batches") else None
     for i, batch in enumerate(loader):
         out = model(**{k: v.to(device) for k, v in to_model_inputs(batch).items()})
-        rows, label_rows = kind.rows(out.logits.float().cpu().numpy(), batch["labels"].cpu().numpy(),
+        rows, label_rows = kind.rows(kind.logits(out).float().cpu().numpy(), batch["labels"].cpu().numpy(),
                                      batch["attention_mask"].cpu().numpy())
         logits += rows
         labels += label_rows

@@ -22,6 +22,7 @@ from torch import nn
 
 from distill.metrics import compute_metrics
 from distill.fsutil import commit_replace
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
@@ -79,28 +80,29 @@ class CheckResult:
 
 
 def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
-                logits_axes: tuple[tuple[int, str], ...] = ((0, "batch"),)) -> None:
+                kind: TaskKind = SEQUENCE_CLASSIFICATION) -> None:
     """TorchScript-based export (dynamo=False): with eager attention ORT's optimizer can fuse it.
-    ``logits_axes``: the task kind's dynamic axes of the output, e.g. (batch, sequence) for NER."""
+    The graph's outputs are the task kind's (``logits``; QA: ``start_logits`` and ``end_logits``), with
+    its dynamic axes, e.g. (batch, sequence) for per-token outputs."""
     model = model.eval()
     model.set_attn_implementation("eager")
     names = [n for n in INPUTS if n in example]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = dict(logits_axes)
+    axes.update(kind.onnx_axes())
 
-    class LogitsOnly(nn.Module):
+    class Outputs(nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).logits
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return tuple(getattr(out, n) for n in kind.output_names)
 
     with torch.no_grad():
-        torch.onnx.export(LogitsOnly(model), tuple(example[n] for n in INPUTS), str(path), input_names=list(INPUTS),
-                          output_names=["logits"], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(Outputs(model), tuple(example[n] for n in INPUTS), str(path), input_names=list(INPUTS),
+                          output_names=list(kind.output_names), dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False, do_constant_folding=True)
     onnx.checker.check_model(str(path))
 
 
@@ -167,20 +169,27 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+def run_logits(sess: ort.InferenceSession, feed: dict[str, np.ndarray],
+               kind: TaskKind = SEQUENCE_CLASSIFICATION) -> np.ndarray:
+    """The pipeline's logits of one batch from an ONNX session (the kind joins its named outputs)."""
     wanted = {i.name for i in sess.get_inputs()}
-    return np.concatenate([sess.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0] for b in batches])
+    return kind.join_outputs(sess.run(list(kind.output_names), {k: v for k, v in feed.items() if k in wanted}))
 
 
-def onnx_batch_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+def onnx_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]],
+                kind: TaskKind = SEQUENCE_CLASSIFICATION) -> np.ndarray:
+    return np.concatenate([run_logits(sess, b, kind) for b in batches])
+
+
+def onnx_batch_logits(sess: ort.InferenceSession, batches: list[dict[str, np.ndarray]],
+                      kind: TaskKind = SEQUENCE_CLASSIFICATION) -> list[np.ndarray]:
     """Logits per batch (per-token logits of different batches have different lengths)."""
-    wanted = {i.name for i in sess.get_inputs()}
-    return [sess.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0] for b in batches]
+    return [run_logits(sess, b, kind) for b in batches]
 
 
 def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, metric: str,
           max_metric_drop: float, score_fn: Callable[[np.ndarray], float] | None = None,
-          unit: str = "examples") -> CheckResult:
+          unit: str = "examples", kind: TaskKind = SEQUENCE_CLASSIFICATION) -> CheckResult:
     """Compare an artifact's dev logits (n, C) with its PyTorch source's, and both with the dev labels.
     ``score_fn(logits) -> dev score`` replaces compute_metrics when a task kind scores otherwise (e.g.
     NER: rows are real tokens, the metric is entity F1 over sentences); ``unit`` names what a row is."""
@@ -191,7 +200,7 @@ def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np
     if reference.shape[-1] == 1:  # regression: agreement = within 0.1 of the reference score
         agree = float(np.mean(np.abs(reference - candidate).reshape(-1) < 0.1))
     else:
-        agree = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+        agree = kind.agreement(reference, candidate)  # argmax agreement; QA: near-ties count as agreeing
     if score_fn is None:
         score_fn = lambda logits: compute_metrics(logits, labels, metric)["score"]  # noqa: E731
     return CheckResult(variant, diff, agree, limit_diff, limit_agree, len(reference), metric, score_fn(reference),

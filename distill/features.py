@@ -59,9 +59,11 @@ def num_heads(block: nn.Module) -> int:
 class FeatureTap:
     """Runs a model and returns its Features; hooks record q/k/v when ``attention`` is True."""
 
-    def __init__(self, model: nn.Module, attention: bool):
+    def __init__(self, model: nn.Module, attention: bool, logits_of=None):
+        """``logits_of(output)``: the logits from the model's output (the task kind's; default ``.logits``)."""
         self.model = model
         self.attention = attention
+        self.logits_of = logits_of
         self._store: dict[tuple[int, str], torch.Tensor] = {}
         self._handles = []
         self.blocks = attention_blocks(model)
@@ -89,7 +91,8 @@ class FeatureTap:
                          for i, block in enumerate(self.blocks)]
             self._store.clear()
         hidden = out.hidden_states
-        return Features(hidden=tuple(hidden), attention=attention, logits=getattr(out, "logits", None))
+        logits = self.logits_of(out) if self.logits_of is not None else getattr(out, "logits", None)
+        return Features(hidden=tuple(hidden), attention=attention, logits=logits)
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -19,17 +19,19 @@ ATTENTION_FEATURES = ("scores", "query_key", "value")
 
 
 class FineTuneObjective:
-    """Supervised fine-tuning with the model's own loss (cross-entropy, or MSE for regression)."""
+    """Supervised fine-tuning with the model's own loss (cross-entropy, MSE for regression, start/end CE
+    for QA); the task kind names the model's target arguments."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, kind: TaskKind = SEQUENCE_CLASSIFICATION):
         self.trainable = model
+        self.kind = kind
 
     def to(self, device: torch.device) -> "FineTuneObjective":
         self.trainable.to(device)
         return self
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.trainable(**to_model_inputs(batch), labels=batch["labels"])
+        out = self.trainable(**to_model_inputs(batch), **self.kind.targets(batch))
         return out.loss, {"task_loss": float(out.loss.detach())}
 
 
@@ -115,8 +117,9 @@ class DistillObjective:
         need_attention = any(LOSSES[m.loss].feature in ATTENTION_FEATURES for m in matches)
         # prediction-layer only: precomputed teacher logits in the batch replace the teacher's forward pass
         self.output_only = all(LOSSES[m.loss].feature in ("logits", "labels") for m in matches)
-        self.student_tap = FeatureTap(student, attention=need_attention)
-        self.teacher_tap = FeatureTap(teacher, attention=need_attention)
+        logits_of = kind.logits if kind is not None else None  # e.g. QA: start and end stacked
+        self.student_tap = FeatureTap(student, attention=need_attention, logits_of=logits_of)
+        self.teacher_tap = FeatureTap(teacher, attention=need_attention, logits_of=logits_of)
         self.relation_heads = {}
         for m in matches:
             if LOSSES[m.loss].feature in ("query_key", "value"):
@@ -200,19 +203,23 @@ class DistillObjective:
             with torch.no_grad():
                 t = self.teacher_tap(inputs)
         s = self.student_tap(inputs, runner=self.trainable)
-        output_mask = self.kind.output_mask(batch) if self.kind is not None else None  # None: one per example
         total = torch.zeros((), device=mask.device)
         terms: dict[str, float] = {}
         for m in self.matches:
             spec = LOSSES[m.loss]
             student, teacher = self._pair(m, s, t, batch)
+            loss_mask = mask
+            if spec.feature in ("logits", "labels") and self.kind is not None:  # the kind shapes prediction losses
+                student, teacher, loss_mask = self.kind.loss_inputs(student, teacher, batch, spec.feature)
+            elif spec.feature == "logits":
+                loss_mask = None  # one prediction per example
             kwargs = {}
             if spec.tempered:
                 kwargs["temperature"] = self.temperature
             if m in self.relation_heads:
                 kwargs["relation_heads"] = self.relation_heads[m]
             with torch.set_grad_enabled(m.weight > 0 and torch.is_grad_enabled()):
-                value = spec.fn(student, teacher, mask if spec.feature != "logits" else output_mask, **kwargs)
+                value = spec.fn(student, teacher, loss_mask, **kwargs)
             if not math.isfinite(float(value.detach())):
                 raise FloatingPointError(f"loss {m.loss} (student layer {m.student_layer}) is {float(value)}; "
                                          "lower the learning rate or use mixed_precision=no")
@@ -239,7 +246,7 @@ def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, place: Plac
 
 
 def _output_size(model: nn.Module) -> int | None:
-    if hasattr(model, "classifier"):
+    if hasattr(model, "classifier") or hasattr(model, "qa_outputs"):
         return model.config.num_labels
     if "MaskedLM" in type(model).__name__ or "ForPreTraining" in type(model).__name__:
         return model.config.vocab_size

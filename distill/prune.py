@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from distill.batching import to_model_inputs
 from distill.features import attention_blocks
 from distill.flops import encoder_flops
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 from distill.placement import Placement, placement
 from students.modeling import pruned_class_for, pruned_config_from
 
@@ -44,7 +45,8 @@ def _shape(model: nn.Module) -> tuple[list[int], list[int]]:
     return heads, [layer.intermediate.dense.out_features for layer in layers]
 
 
-def _accumulate_taylor_grads(model: nn.Module, loader: DataLoader, batches: int, place: Placement) -> None:
+def _accumulate_taylor_grads(model: nn.Module, loader: DataLoader, batches: int, place: Placement,
+                             kind: TaskKind = SEQUENCE_CLASSIFICATION) -> None:
     """Gradients of the task loss over a few batches, for first-order Taylor importance |w * dL/dw|,
     on ``place``'s device and in its precision (the model is already there)."""
     model.zero_grad(set_to_none=True)
@@ -53,14 +55,15 @@ def _accumulate_taylor_grads(model: nn.Module, loader: DataLoader, batches: int,
         if i >= batches:
             break
         with place.autocast():
-            out = model(**place.inputs(to_model_inputs(batch)), labels=batch["labels"].to(place.device))
+            targets = {k: v.to(place.device) for k, v in kind.targets(batch).items()}
+            out = model(**place.inputs(to_model_inputs(batch)), **targets)
         out.loss.float().backward()
 
 
 def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float, importance: str = "taylor",
                 loader: DataLoader | None = None, taylor_batches: int = 16,
                 layer_ratios: list[float] | None = None, seq_len: int = 128,
-                place: Placement | None = None) -> tuple[nn.Module, PruneReport]:
+                place: Placement | None = None, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tuple[nn.Module, PruneReport]:
     """Remove ``ratio`` of the heads and of the FFN neurons in every layer (or ``layer_ratios[i]``).
 
     The importance pass and the pruning trace run on ``place`` (default: the accelerator, full
@@ -84,7 +87,7 @@ def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float
     if importance == "taylor":
         if loader is None:
             raise ValueError("taylor importance needs task data (a loader)")
-        _accumulate_taylor_grads(model, loader, taylor_batches, place)
+        _accumulate_taylor_grads(model, loader, taylor_batches, place, kind)
         imp = tp.importance.GroupTaylorImportance()
     elif importance == "magnitude":
         imp = tp.importance.GroupMagnitudeImportance(p=2)
@@ -95,8 +98,9 @@ def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float
     for name in ("pooler",):
         if getattr(base, name, None) is not None:
             ignored.append(getattr(base, name))
-    if hasattr(model, "classifier"):
-        ignored.append(model.classifier)
+    for head in ("classifier", "qa_outputs"):  # the task head's outputs are the task's, never pruned
+        if hasattr(model, head):
+            ignored.append(getattr(model, head))
     num_heads, head_ratio_dict, ratio_dict = {}, {}, {}
     for i, layer in enumerate(layers):
         ignored += [layer.attention.output.dense, layer.attention.output.LayerNorm,
@@ -116,7 +120,7 @@ def prune_model(model: nn.Module, example: dict[str, torch.Tensor], ratio: float
         model, example, importance=imp, global_pruning=False, pruning_ratio=0.0,
         pruning_ratio_dict=ratio_dict, ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
         prune_head_dims=False, head_pruning_ratio=0.0, head_pruning_ratio_dict=head_ratio_dict,
-        output_transform=lambda out: out.logits.sum())
+        output_transform=lambda out: kind.logits(out).sum())
     pruner.step()
     model.zero_grad(set_to_none=True)
     for layer in layers:  # torch-pruning shrinks the Linear layers; the attention bookkeeping is ours

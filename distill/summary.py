@@ -24,13 +24,19 @@ KEEP_QUANTILE = 90  # the suggested max_len keeps this percentile of train examp
 SPLITS = ("train", "dev", "test")
 
 
-def _column(dataset, *names: str) -> list:
-    """The first of ``names`` the dataset has: sentence tasks have text/label, token tasks tokens/tags."""
-    return dataset[next(n for n in names if n in dataset.column_names)]
+def _column(dataset, *names: str) -> list | None:
+    """The first of ``names`` the dataset has: sentence tasks have text/label, token tasks tokens/tags
+    (None: QA data has neither labels nor a single text column)."""
+    name = next((n for n in names if n in dataset.column_names), None)
+    return None if name is None else dataset[name]
 
 
 def token_lengths(dataset, tokenizer, max_len: int) -> dict:
-    """Untruncated lengths (special tokens included) and, for pairs, which side truncation would cut."""
+    """Untruncated lengths (special tokens included) and, for pairs, which side truncation would cut.
+    QA: question + context (longer ones are cut into overlapping windows, nothing is lost)."""
+    if "context" in dataset.column_names:
+        enc = tokenizer(list(dataset["question"]), list(dataset["context"]), truncation=False, verbose=False)
+        return {"lengths": np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)}
     texts = list(_column(dataset, "text", "tokens"))
     kw = {"is_split_into_words": bool(texts) and isinstance(texts[0], list), "verbose": False}  # pre-split words
     if "text_pair" not in dataset.column_names:
@@ -56,6 +62,8 @@ def token_lengths(dataset, tokenizer, max_len: int) -> dict:
 
 def label_counts(dataset, label_names: list[str] | None) -> dict:
     labels = _column(dataset, "label", "tags")
+    if labels is None:  # QA: answers are spans, not labels
+        return {}
     if labels and isinstance(labels[0], (list, tuple)):  # token classification: count tags
         labels = [tag for seq in labels for tag in seq]
     values = np.asarray(labels)
@@ -111,7 +119,8 @@ def summarize(data, tokenizer, max_len: int, teacher_config=None) -> dict:
     baseline = task_baseline(data)
     summary["baseline"] = baseline.to_dict() if baseline else None
     share = splits["train"].get("truncated_share", 0.0)
-    if train_lengths is not None and share > HIGH_TRUNCATION:
+    windows = "context" in data.train.column_names  # QA: long contexts become several windows, nothing is cut
+    if train_lengths is not None and share > HIGH_TRUNCATION and not windows:
         proposed = suggest_max_len(train_lengths, max_positions)
         advice = {"share": share, "suggested_max_len": proposed}
         if proposed > max_len and teacher_config is not None:

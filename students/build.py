@@ -10,12 +10,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification, BertConfig, PreTrainedModel)
+from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
+                          PreTrainedModel)
 
 from students.presets import StudentShape
 
-KINDS = ("base", "mlm", "classifier", "token")  # token: a per-token head (NER), AutoModelForTokenClassification
+# token: a per-token head (NER), AutoModelForTokenClassification; qa: start/end head, AutoModelForQuestionAnswering
+KINDS = ("base", "mlm", "classifier", "token", "qa")
 HEADED = ("classifier", "token")  # kinds whose head is sized by the task's labels
 
 
@@ -40,6 +42,8 @@ def student_config(shape: StudentShape, teacher_config, label_names: list[str] |
     )
     if kind in HEADED:
         _set_labels(config, label_names, kind)
+    if kind == "qa":
+        config.num_labels = 2  # start and end logits
     return config
 
 
@@ -62,7 +66,7 @@ def _auto_class(kind: str):
     if kind not in KINDS:
         raise ValueError(f"student kind must be one of {KINDS}, got {kind!r}")
     return {"base": AutoModel, "mlm": AutoModelForMaskedLM, "classifier": AutoModelForSequenceClassification,
-            "token": AutoModelForTokenClassification}[kind]
+            "token": AutoModelForTokenClassification, "qa": AutoModelForQuestionAnswering}[kind]
 
 
 def init_teacher_layers(strategy: str, student_layers: int, teacher_layers: int,
@@ -120,9 +124,10 @@ def copy_teacher_weights(student: PreTrainedModel, teacher: PreTrainedModel, lay
         s_mod, t_mod = getattr(s_base, name, None), getattr(t_base, name, None)
         if s_mod is not None and t_mod is not None:
             s_mod.load_state_dict(t_mod.state_dict())
-    s_head, t_head = getattr(student, "classifier", None), getattr(teacher, "classifier", None)
-    if s_head is not None and t_head is not None and s_head.weight.shape == t_head.weight.shape:
-        s_head.load_state_dict(t_head.state_dict())
+    for head in ("classifier", "qa_outputs"):
+        s_head, t_head = getattr(student, head, None), getattr(teacher, head, None)
+        if s_head is not None and t_head is not None and s_head.weight.shape == t_head.weight.shape:
+            s_head.load_state_dict(t_head.state_dict())
 
 
 def build_student(shape: StudentShape, teacher: PreTrainedModel, kind: str = "classifier",

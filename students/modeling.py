@@ -5,14 +5,16 @@ Stock BertConfig has one head count and one FFN width for all layers, and transf
 records ``layer_heads`` and ``layer_ffn`` (with a fixed ``head_size``); the model classes rebuild
 exactly that shape. Importing ``students`` registers them with the Auto classes, so
 ``AutoModelForSequenceClassification.from_pretrained(folder)`` (or ``AutoModelForTokenClassification`` for a
-NER student, also inside ``transformers.pipeline``) works on a pruned folder. Weights are
+NER student, ``AutoModelForQuestionAnswering`` for a QA student, also inside ``transformers.pipeline``) works
+on a pruned folder. Weights are
 plain safetensors.
 """
 from __future__ import annotations
 
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification, BertConfig, BertForMaskedLM, BertForSequenceClassification,
+from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig,
+                          BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
                           BertForTokenClassification, BertModel)
 
 
@@ -83,8 +85,18 @@ class PrunedBertForTokenClassification(BertForTokenClassification):
         self.post_init()
 
 
+class PrunedBertForQuestionAnswering(BertForQuestionAnswering):
+    config_class = PrunedBertConfig
+
+    def __init__(self, config: PrunedBertConfig):
+        super().__init__(config)
+        reshape_layers(self.bert.encoder, config)
+        self.post_init()
+
+
 PRUNED_CLASSES = {BertForSequenceClassification: PrunedBertForSequenceClassification,
                   BertForTokenClassification: PrunedBertForTokenClassification,
+                  BertForQuestionAnswering: PrunedBertForQuestionAnswering,
                   BertForMaskedLM: PrunedBertForMaskedLM, BertModel: PrunedBertModel}
 
 
@@ -94,7 +106,7 @@ def pruned_class_for(model: nn.Module) -> type:
         if isinstance(model, (plain, pruned)):
             return pruned
     raise TypeError(f"no pruned counterpart for {type(model).__name__}; expected a BERT model with a "
-                    "sequence, token or MLM head")
+                    "sequence, token, question answering or MLM head")
 
 
 def register() -> None:
@@ -103,6 +115,7 @@ def register() -> None:
     AutoModelForSequenceClassification.register(PrunedBertConfig, PrunedBertForSequenceClassification, exist_ok=True)
     AutoModelForMaskedLM.register(PrunedBertConfig, PrunedBertForMaskedLM, exist_ok=True)
     AutoModelForTokenClassification.register(PrunedBertConfig, PrunedBertForTokenClassification, exist_ok=True)
+    AutoModelForQuestionAnswering.register(PrunedBertConfig, PrunedBertForQuestionAnswering, exist_ok=True)
 
 
 def pruned_config_from(model: nn.Module) -> PrunedBertConfig:

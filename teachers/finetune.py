@@ -39,7 +39,7 @@ def teacher_stage(ctx: RunContext) -> StageRun:
 
 
 def load_finetuned(folder: Path):
-    """A fine-tuned folder with the head its architecture records (sequence or token classification)."""
+    """A fine-tuned folder with the head its architecture records (sequence/token classification, QA)."""
     return use_eager_attention(kind_of_folder(folder).auto_class.from_pretrained(folder))
 
 
@@ -67,7 +67,7 @@ def finetune_teacher(ctx: RunContext) -> Path:
     train_cfg = cfg.teacher.finetune
     dev = ctx.loader("dev", 64)
     tracker = ctx.tracker(stage.dir, "teacher")
-    result = train(FineTuneObjective(model), ctx.loader("train", train_cfg.batch_size, shuffle=True), train_cfg,
+    result = train(FineTuneObjective(model, data.kind), ctx.loader("train", train_cfg.batch_size, shuffle=True), train_cfg,
                    stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, data),
                    tracker=tracker, seed=cfg.seed, desc="teacher")
     best = load_finetuned(stage.model_dir)

@@ -1,4 +1,4 @@
-"""Task kinds: what differs between sentence classification and token classification (and later QA).
+"""Task kinds: what differs between sentence classification, token classification and extractive QA.
 
 Stages ask ``ctx.data.kind`` (a TaskKind) instead of assuming ``(batch, labels)`` logits; a model folder's
 kind is read from its architecture name.
@@ -9,13 +9,15 @@ import json
 from pathlib import Path
 
 from distill.tasks.base import TaskKind, TaskKindError
+from distill.tasks.question_answering import QUESTION_ANSWERING, QuestionAnswering
 from distill.tasks.sequence_classification import SEQUENCE_CLASSIFICATION
 from distill.tasks.token_classification import TOKEN_CLASSIFICATION
 
-KINDS: dict[str, TaskKind] = {k.name: k for k in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)}
+KINDS: dict[str, TaskKind] = {k.name: k for k in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION,
+                                                  QUESTION_ANSWERING)}
 
-__all__ = ["KINDS", "SEQUENCE_CLASSIFICATION", "TOKEN_CLASSIFICATION", "TaskKind", "TaskKindError", "get_kind",
-           "kind_of_folder"]
+__all__ = ["KINDS", "QUESTION_ANSWERING", "SEQUENCE_CLASSIFICATION", "TOKEN_CLASSIFICATION", "QuestionAnswering",
+           "TaskKind", "TaskKindError", "get_kind", "kind_of_folder"]
 
 
 def get_kind(name: str) -> TaskKind:

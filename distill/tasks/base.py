@@ -19,12 +19,32 @@ class TaskKindError(ValueError):
 
 @dataclass(frozen=True)
 class TaskKind:
-    name: str  # sequence_classification | token_classification (| question_answering)
-    student_kind: str  # the head students.build.build_student builds: classifier | token
+    name: str  # sequence_classification | token_classification | question_answering
+    student_kind: str  # the head students.build.build_student builds: classifier | token | qa
     architecture_suffix: str  # model class names of this kind end with it, e.g. ForTokenClassification
     pipeline_task: str  # transformers.pipeline task name for the exported folders
     prediction_unit: str  # what one row of flat_outputs is: "examples" | "real tokens"
-    onnx_logits_axes: tuple[tuple[int, str], ...]  # dynamic axes of the ONNX 'logits' output
+    onnx_logits_axes: tuple[tuple[int, str], ...]  # dynamic axes of each ONNX output
+
+    # the model's (and the ONNX graph's) outputs that make up the pipeline's logits, in order
+    output_names = ("logits",)  # class attribute, not a field
+
+    # ---- outputs: model / ONNX Runtime -> the pipeline's logits ----------------------------------------
+    def logits(self, out) -> torch.Tensor:
+        """The pipeline's logits from a Hugging Face model output (e.g. QA: start and end stacked)."""
+        return self.join_outputs([getattr(out, n) for n in self.output_names])
+
+    def join_outputs(self, outputs: list):
+        """Named outputs (torch tensors or numpy arrays, in ``output_names`` order) -> one logits array."""
+        return outputs[0]
+
+    def onnx_axes(self) -> dict[str, dict[int, str]]:
+        """Dynamic axes of every ONNX output."""
+        return {n: dict(self.onnx_logits_axes) for n in self.output_names}
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The Hugging Face model's target kwargs for its own loss (fine-tuning, Taylor importance)."""
+        return {"labels": batch["labels"]}
 
     # ---- heads -------------------------------------------------------------------------------
     @property
@@ -46,6 +66,14 @@ class TaskKind:
     def output_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Positions soft/hard CE average over: None = one prediction per example."""
         return None
+
+    def loss_inputs(self, student: torch.Tensor, target: torch.Tensor, batch: dict[str, torch.Tensor],
+                    feature: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(student, target, mask) handed to a prediction-layer loss; ``feature`` is "logits" (target =
+        teacher logits) or "labels" (target = the batch's gold labels)."""
+        if feature == "logits":
+            return student, target, self.output_mask(batch)
+        return student, target, batch["attention_mask"]
 
     def check_losses(self, losses: dict[str, float], key: str) -> None:
         """Refuse prediction-layer losses that make no sense for this kind (before any training)."""
@@ -76,6 +104,10 @@ class TaskKind:
     def flat_outputs(self, logits: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(n, C) predictions of one batch for export checks: one row per example or per real token."""
         raise NotImplementedError
+
+    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> float:
+        """Share of flat_outputs rows on which an exported model predicts what PyTorch predicts."""
+        return float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
 
     def metrics(self, logit_rows, label_rows, metric: str, label_names: list[str] | None) -> dict[str, float]:
         raise NotImplementedError
