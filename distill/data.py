@@ -276,6 +276,10 @@ def load_glue(task: str, data_dir: str | Path | None = None) -> TaskData:
         out = pd.DataFrame({"text": frame[text_col].astype(str)})
         if pair_col:
             out["text_pair"] = frame[pair_col].astype(str)
+        blank = frame["label"].isna() | (frame["label"].astype(str).str.strip() == "")
+        if blank.any():
+            raise DataError(f"GLUE {task}: {int(blank.sum())} rows have a blank label (first: data row "
+                            f"{int(blank.to_numpy().argmax()) + 1}); fill in their labels or delete those rows")
         out["label"] = frame["label"].astype(np.float32 if task == "stsb" else int)
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from transformers import DataCollatorForLanguageModeling
 
 from distill.augment import augmented_train_set
@@ -51,8 +52,10 @@ def check_task_losses(cfg: ExperimentConfig, is_regression: bool) -> None:
                 "task_distill.prediction_losses": cfg.task_distill.prediction_losses,
                 "prune.recovery_losses": cfg.prune.recovery_losses if cfg.prune.enabled else {}}
     for key, losses in sections.items():
-        for name in losses_for_task(losses, is_regression):
+        for name, weight in losses_for_task(losses, is_regression).items():
             wanted = LOSSES[name].task
+            if weight == 0:  # logged when computable, skipped otherwise (DistillObjective): never trained on
+                continue
             if wanted not in ("any", task_type):
                 fix = ("logits_mse (teacher scores) or hard_mse (gold scores)" if is_regression
                        else "soft_ce/soft_ce_t2 (teacher) or hard_ce (gold labels)")
@@ -79,13 +82,26 @@ def task_stage_dirs(ctx: RunContext) -> list[Path]:
 
 
 class MLMCollator:
-    """Dynamic masking for the DistilBERT terms: masked inputs, targets in ``mlm_labels``."""
+    """Dynamic masking for the DistilBERT terms: masked inputs, targets in ``mlm_labels``.
 
-    def __init__(self, tokenizer, probability: float):
+    The masks are drawn from a generator seeded by (seed, the batch's token ids), never from the
+    global RNG: the data loader collates ahead of the training step, so masks drawn from the global
+    RNG would differ between a resumed run and an uninterrupted one. Batches are re-grouped every
+    epoch, so a sentence still gets new masks from epoch to epoch."""
+
+    def __init__(self, tokenizer, probability: float, seed: int = 0):
         self.inner = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+        self.seed = seed
 
     def __call__(self, features):
-        batch = self.inner(features)
+        import zlib
+
+        import torch
+
+        key = zlib.crc32(b"".join(np.asarray(f["input_ids"], dtype=np.int64).tobytes() for f in features))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + key) % 2**63)
+            batch = self.inner(features)
         batch["mlm_labels"] = batch.pop("labels")
         return batch
 
@@ -134,7 +150,7 @@ def run_general(ctx: RunContext) -> Path:
     objective = DistillObjective(student, teacher, matches, temperature=g.temperature)
     print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens from {g.corpus}; student "
           f"{count_parameters(student) / 1e6:.1f}M params; layer map:\n{describe(matches)}")
-    collator = MLMCollator(ctx.tokenizer, g.mlm_probability) if wants_mlm else None
+    collator = MLMCollator(ctx.tokenizer, g.mlm_probability, cfg.seed) if wants_mlm else None
     loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)
     tracker = ctx.tracker(stage.dir, "general")
     result = train(objective, loader, g.train, stage.dir, save_model=_distill_saver(ctx), tracker=tracker,

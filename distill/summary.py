@@ -134,7 +134,10 @@ def summarize(data, tokenizer, max_len: int, teacher_config=None) -> dict:
 
 
 def _fingerprint(cfg) -> str:
-    settings = {"task": asdict(cfg.task), "tokenizer": cfg.teacher.name}
+    from distill.fingerprint import input_digests
+
+    settings = {"task": asdict(cfg.task), "tokenizer": cfg.teacher.name,
+                "inputs": input_digests(cfg, "teacher.name", "task.name", "task.data_dir")}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -142,17 +145,34 @@ def run_summary(ctx) -> dict:
     """This run's summary: read from ``<run>/data_summary.json`` when it matches the task settings."""
     path = Path(ctx.run_dir) / SUMMARY_FILE
     fingerprint = _fingerprint(ctx.cfg)
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("fingerprint") == fingerprint:
-            return stored
+    stored = _read_json(path)
+    if stored.get("fingerprint") == fingerprint:
+        return stored
     from teachers.load import load_config
 
     summary = summarize(ctx.data, ctx.tokenizer, ctx.cfg.task.max_len, load_config(ctx.cfg.teacher.name))
     summary["fingerprint"] = fingerprint
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=1))
+    write_json_once(path, summary)
     return summary
+
+
+def _read_json(path: Path) -> dict:
+    """A kept JSON file, or {} when it is missing or was torn by a kill (it is then computed again)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json_once(path: Path, data: dict) -> None:
+    """Written atomically by the main process only; the other processes wait for it."""
+    from distill.fsutil import write_text_atomic
+    from distill.ranks import is_main_process, wait_for_everyone
+
+    if is_main_process():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(path), json.dumps(data, indent=1))
+    wait_for_everyone()
 
 
 def summary_baseline(summary: dict) -> Baseline | None:

@@ -209,8 +209,13 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
         model.train()
         if tracker and accelerator.is_main_process:
             tracker.log({f"dev_{k}": v for k, v in metrics.items()}, state["step"])
-        if _improves(metrics["score"], state["best_score"]):
-            state["best_score"], state["best_step"] = metrics["score"], state["step"]
+        score = metrics["score"]
+        if accelerator.num_processes > 1:  # every rank must take the same branch: keep_model() holds a barrier
+            from accelerate.utils import broadcast_object_list
+
+            score = broadcast_object_list([score], from_process=0)[0]
+        if _improves(score, state["best_score"]):
+            state["best_score"], state["best_step"] = score, state["step"]
             keep_model()
         if accelerator.is_main_process:
             bar.write(f"[{desc}] step {state['step']}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -18,7 +18,8 @@ from distill.evaluation import evaluate
 from distill.fingerprint import input_digests
 from distill.objectives import FineTuneObjective
 from distill.run import StageRun, announce_once
-from distill.summary import max_len_cost, run_summary, score_report, summary_baseline
+from distill.placement import placement
+from distill.summary import _read_json, max_len_cost, run_summary, score_report, summary_baseline, write_json_once
 from distill.tasks import kind_of_folder
 from distill.trainer import train
 from teachers.load import finetuned_labels, load_classifier, local_model_folder, use_eager_attention
@@ -70,7 +71,7 @@ def finetune_teacher(ctx: RunContext) -> Path:
     result = train(FineTuneObjective(model, data.kind), ctx.loader("train", train_cfg.batch_size, shuffle=True), train_cfg,
                    stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, data),
                    tracker=tracker, seed=cfg.seed, desc="teacher")
-    best = load_finetuned(stage.model_dir)
+    best = load_finetuned(stage.model_dir).to(placement("no").device)  # scored on the accelerator, full precision
     scores = {"dev": evaluate(best, dev, data), "test": evaluate(best, ctx.loader("test", 64), data),
               "steps": result.step}
     tracker.summary(scores)
@@ -85,15 +86,16 @@ def _given_teacher_scores(ctx: RunContext, folder: Path) -> dict:
     """Dev score of an already fine-tuned teacher, kept in the run folder so later commands reuse it."""
     weights = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     key = json.dumps({"folder": str(folder.resolve()), "task": asdict(ctx.cfg.task),
+                      "inputs": input_digests(ctx.cfg, "task.name", "task.data_dir"),
                       "weights": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]}, sort_keys=True)
     fingerprint = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = ctx.run_dir / GIVEN_TEACHER_FILE
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("fingerprint") == fingerprint:
-            return stored["scores"]
-    scores = {"dev": evaluate(load_finetuned(folder), ctx.loader("dev", 64), ctx.data)}
-    path.write_text(json.dumps({"fingerprint": fingerprint, "scores": scores}, indent=1))
+    stored = _read_json(path)
+    if stored.get("fingerprint") == fingerprint:
+        return stored["scores"]
+    model = load_finetuned(folder).to(placement("no").device)
+    scores = {"dev": evaluate(model, ctx.loader("dev", 64), ctx.data)}
+    write_json_once(path, {"fingerprint": fingerprint, "scores": scores})
     announce_once(str(path), f"[teacher] given fine-tuned teacher {folder}: {score_report(ctx, scores)}")
     return scores
 

@@ -82,6 +82,13 @@ def test_glue_code_path_on_a_local_folder(tmp_path):
     assert load_task(cfg).num_labels == 1
 
 
+def test_blank_label_in_a_local_glue_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\na fine film,1\na dull film,\nanother one,0\n")
+    (tmp_path / "validation.csv").write_text("sentence,label\nok,1\n")
+    with pytest.raises(DataError, match="1 rows have a blank label .first: data row 2"):
+        load_glue("sst2", tmp_path)
+
+
 def test_unknown_task_name_is_a_clear_error():
     with pytest.raises(DataError, match="neither"):
         load_task(TaskConfig(name="no_such_task"))

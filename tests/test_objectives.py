@@ -120,3 +120,25 @@ def test_projections_load_only_where_shapes_fit(tmp_path, tiny_teacher_dir):
     torch.testing.assert_close(objective.projections["hidden"].weight, other["hidden"].weight)
     torch.testing.assert_close(objective.projections["embedding"].weight, before)  # 8-wide: did not fit
     assert objective.load_projections(tmp_path / "missing.safetensors") == []
+
+
+def test_mlm_masks_do_not_depend_on_or_advance_the_global_rng(tokenizer):
+    """The loader collates ahead of the step, so masks drawn from the global RNG would differ between a
+    resumed run and an uninterrupted one (the trainer restores the RNG after the first fetch)."""
+    from distill.distillation import MLMCollator
+
+    texts = ["the quick brown fox jumps over the lazy dog " * 3, "a completely different sentence about films " * 3]
+    features = [{k: v for k, v in tokenizer(t).items()} for t in texts]
+    collator = MLMCollator(tokenizer, 0.3, seed=7)
+    torch.manual_seed(1)
+    first = collator(features)
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    torch.rand(5)  # another global RNG state
+    second = collator(features)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after)  # the collator did not consume global random numbers
+    assert torch.equal(first["input_ids"], second["input_ids"]) and torch.equal(first["mlm_labels"], second["mlm_labels"])
+    assert (first["mlm_labels"] != -100).any()
+    other = collator(features[::-1])  # another batch: other masks
+    assert not torch.equal(other["mlm_labels"], first["mlm_labels"].flip(0))
