@@ -2,9 +2,11 @@
 layer; and the no-teacher baseline. Each is a StageRun whose artifact is a Hugging Face folder."""
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import DataCollatorForLanguageModeling
 
 from distill.augment import augmented_train_set
@@ -94,10 +96,6 @@ class MLMCollator:
         self.seed = seed
 
     def __call__(self, features):
-        import zlib
-
-        import torch
-
         key = zlib.crc32(b"".join(np.asarray(f["input_ids"], dtype=np.int64).tobytes() for f in features))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + key) % 2**63)

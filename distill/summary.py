@@ -196,14 +196,26 @@ def _labels_cell(labels: dict, total: int) -> str:
     return ", ".join(cells) + (f", +{len(ranked) - 4} more" if len(ranked) > 4 else "")
 
 
+def _length_cells(info: dict) -> tuple[str, str]:
+    """A split's 'p50/p90/p99/max' token lengths and 'share (count)' truncated, or '-' without lengths."""
+    tokens = info.get("tokens")
+    if not tokens:
+        return "-", "-"
+    lengths = "/".join(str(tokens[k]) for k in ("p50", "p90", "p99", "max"))
+    return lengths, f"{_pct(info['truncated_share'])} ({info['truncated']})"
+
+
+def _baseline_scores(baseline) -> str:
+    return ", ".join(f"{split} {baseline.metric} {baseline.describe(split).rsplit(' ', 1)[-1]}"
+                     for split in ("dev", "test"))
+
+
 def format_summary(summary: dict) -> list[str]:
     """The summary as a small table plus one line per warning (no prefixes)."""
     max_len = summary["max_len"]
     rows = [("split", "examples", f"tokens p50/p90/p99/max", f"cut at {max_len}", "labels")]
     for split, info in summary["splits"].items():
-        tokens = info.get("tokens")
-        lengths = "/".join(str(tokens[k]) for k in ("p50", "p90", "p99", "max")) if tokens else "-"
-        cut = f"{_pct(info['truncated_share'])} ({info['truncated']})" if tokens else "-"
+        lengths, cut = _length_cells(info)
         rows.append((split, str(info["examples"]), lengths, cut, _labels_cell(info["labels"], info["examples"])))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"data: {summary['task']} (metric {summary['metric']}), lengths in teacher tokens before truncation, "
@@ -219,8 +231,7 @@ def format_summary(summary: dict) -> list[str]:
     if baseline is None:
         lines.append(f"baseline: none registered for metric {summary['metric']}")
     else:
-        scores = ", ".join(f"{split} {baseline.metric} {baseline.describe(split).rsplit(' ', 1)[-1]}"
-                           for split in ("dev", "test"))
+        scores = _baseline_scores(baseline)
         lines.append(f"baseline: {baseline.rule} scores {scores}" + (f" ({baseline.note})" if baseline.note else ""))
     warning = summary.get("truncation_warning")
     if warning:
@@ -258,9 +269,7 @@ def report_section(summary: dict, rows: list[dict], test_examples: int) -> list[
              f"Task `{summary['task']}`, lengths in teacher tokens before truncation, task.max_len={max_len}.", "",
              f"| split | examples | tokens p50/p90/p99/max | truncated at {max_len} | labels |", "|---|---|---|---|---|"]
     for split, info in summary["splits"].items():
-        tokens = info.get("tokens")
-        lengths = "/".join(str(tokens[k]) for k in ("p50", "p90", "p99", "max")) if tokens else "-"
-        cut = f"{_pct(info['truncated_share'])} ({info['truncated']})" if tokens else "-"
+        lengths, cut = _length_cells(info)
         if info.get("truncated") and "cut_text" in info:
             cut += f"; text cut in {info['cut_text']}, text_pair in {info['cut_text_pair']}"
         lines.append(f"| {split} | {info['examples']} | {lengths} | {cut} | "
@@ -271,8 +280,7 @@ def report_section(summary: dict, rows: list[dict], test_examples: int) -> list[
     baseline = summary_baseline(summary)
     if baseline is None:
         return lines + [f"No trivial baseline is registered for metric {summary['metric']}.", ""]
-    scores = ", ".join(f"{split} {baseline.metric} {baseline.describe(split).rsplit(' ', 1)[-1]}"
-                       for split in ("dev", "test"))
+    scores = _baseline_scores(baseline)
     lines.append(f"Baseline: {baseline.rule} scores {scores}." + (f" {baseline.note}." if baseline.note else ""))
     reference = baseline.reference("test")
     margin = noise_margin(baseline.metric, reference, test_examples)

@@ -19,7 +19,7 @@ import torch
 from distill.tasks.base import TaskKind, TaskKindError
 from distill.tasks.squad_features import WindowStats, best_spans, check_budget, window_features
 from distill.tasks.squad_metric import squad_scores
-from distill.tasks.token_classification import left_padded
+from distill.tasks.token_classification import left_padded, pad_rows
 
 NEG = -1e4  # logit given to padding positions: exp() underflows to 0, log-probs stay finite
 # export checks: an exported model agrees on a start (end) row when the position it ranks first is within this
@@ -50,20 +50,12 @@ class QACollator:
         labels = [f.pop("labels") for f in features] if "labels" in features[0] else None
         teacher = [f.pop("teacher_logits") for f in features] if "teacher_logits" in features[0] else None
         batch = self.tokenizer.pad(features, return_tensors="pt")
-        b, s = batch["input_ids"].shape
         if labels is not None:
             batch["labels"] = torch.stack([torch.as_tensor(x, dtype=torch.long) for x in labels])  # (batch, 3)
         if teacher is not None:
-            out = torch.zeros((b, s, 2), dtype=torch.float32)  # (batch, seq, 2)
             left = self.tokenizer.padding_side == "left"
-            for i, row in enumerate(teacher):
-                row = torch.as_tensor(row, dtype=torch.float32)
-                n = row.shape[0]
-                if left:
-                    out[i, s - n:] = row
-                else:
-                    out[i, :n] = row
-            batch["teacher_logits"] = out
+            batch["teacher_logits"] = pad_rows(teacher, batch["input_ids"].shape[1], left, 0.0, (2,),
+                                               torch.float32)  # (batch, seq, 2)
         return batch
 
 

@@ -81,6 +81,20 @@ def encode_words(tokens: list[list[str]], tags: list[list[int]] | None, tokenize
     return out
 
 
+def pad_rows(rows, length: int, left: bool, fill, tail_shape: tuple, dtype) -> torch.Tensor:
+    """Per-example rows of different lengths (n_i, *tail_shape) -> (batch, length, *tail_shape), placed on
+    the tokenizer's padding side, the rest ``fill``."""
+    out = torch.full((len(rows), length, *tail_shape), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        row = torch.as_tensor(row, dtype=dtype)
+        n = row.shape[0]
+        if left:
+            out[i, length - n:] = row
+        else:
+            out[i, :n] = row
+    return out
+
+
 class TokenCollator:
     """Pads inputs with the tokenizer, labels with -100 and cached teacher logits (seq, labels) with 0."""
 
@@ -92,25 +106,13 @@ class TokenCollator:
         labels = [f.pop("labels") for f in features] if "labels" in features[0] else None
         teacher = [f.pop("teacher_logits") for f in features] if "teacher_logits" in features[0] else None
         batch = self.tokenizer.pad(features, return_tensors="pt")
-        b, s = batch["input_ids"].shape
+        s = batch["input_ids"].shape[1]
         left = self.tokenizer.padding_side == "left"
-
-        def place(rows, fill, tail_shape, dtype):
-            out = torch.full((b, s, *tail_shape), fill, dtype=dtype)
-            for i, row in enumerate(rows):
-                row = torch.as_tensor(row, dtype=dtype)
-                n = row.shape[0]
-                if left:
-                    out[i, s - n:] = row
-                else:
-                    out[i, :n] = row
-            return out
-
         if labels is not None:
-            batch["labels"] = place(labels, IGNORE, (), torch.long)  # (batch, seq)
+            batch["labels"] = pad_rows(labels, s, left, IGNORE, (), torch.long)  # (batch, seq)
         if teacher is not None:
             width = torch.as_tensor(teacher[0]).shape[-1]
-            batch["teacher_logits"] = place(teacher, 0.0, (width,), torch.float32)  # (batch, seq, labels)
+            batch["teacher_logits"] = pad_rows(teacher, s, left, 0.0, (width,), torch.float32)  # (batch, seq, labels)
         return batch
 
 
