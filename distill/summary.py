@@ -188,9 +188,11 @@ def _pct(share: float) -> str:
     return f"{share:.2%}" if 0 < share < 0.001 else f"{share:.1%}"
 
 
-def _labels_cell(labels: dict, total: int) -> str:
+def _labels_cell(labels: dict) -> str:
+    """Top labels with their share of all counted labels (examples for sentence tasks, tags for token tasks)."""
     if "mean" in labels:
         return f"mean {labels['mean']:.3f} sd {labels['std']:.3f} [{labels['min']:.3g}, {labels['max']:.3g}]"
+    total = sum(labels.values())
     ranked = sorted(labels.items(), key=lambda kv: -kv[1])
     cells = [f"{name} {count} ({count / max(total, 1):.1%})" for name, count in ranked[:4]]
     return ", ".join(cells) + (f", +{len(ranked) - 4} more" if len(ranked) > 4 else "")
@@ -216,7 +218,7 @@ def format_summary(summary: dict) -> list[str]:
     rows = [("split", "examples", f"tokens p50/p90/p99/max", f"cut at {max_len}", "labels")]
     for split, info in summary["splits"].items():
         lengths, cut = _length_cells(info)
-        rows.append((split, str(info["examples"]), lengths, cut, _labels_cell(info["labels"], info["examples"])))
+        rows.append((split, str(info["examples"]), lengths, cut, _labels_cell(info["labels"])))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"data: {summary['task']} (metric {summary['metric']}), lengths in teacher tokens before truncation, "
              f"task.max_len={max_len}"]
@@ -273,7 +275,7 @@ def report_section(summary: dict, rows: list[dict], test_examples: int) -> list[
         if info.get("truncated") and "cut_text" in info:
             cut += f"; text cut in {info['cut_text']}, text_pair in {info['cut_text_pair']}"
         lines.append(f"| {split} | {info['examples']} | {lengths} | {cut} | "
-                     f"{_labels_cell(info['labels'], info['examples'])} |")
+                     f"{_labels_cell(info['labels'])} |")
     lines.append("")
     if summary.get("truncation_warning"):
         lines += [truncation_message(summary), ""]

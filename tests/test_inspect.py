@@ -253,3 +253,10 @@ def test_gate_keys_are_checked():
         load_config(None, ["teacher.gate=maybe"])
     with pytest.raises(ConfigError, match="teacher.gate_margin"):
         load_config(None, ["teacher.gate_margin=1.5"])
+
+
+def test_token_task_label_shares_are_out_of_all_tags_not_out_of_sentences():
+    # 2 sentences, 10 tags: shares must be of the 10 tags (O 80%), never of the sentences (O 400%)
+    from distill.summary import _labels_cell
+    cell = _labels_cell({"O": 8, "B-PER": 1, "I-PER": 1})
+    assert cell == "O 8 (80.0%), B-PER 1 (10.0%), I-PER 1 (10.0%)"
