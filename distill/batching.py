@@ -9,6 +9,8 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from distill.packing import model_attention_mask
+
 MODEL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "labels", "teacher_logits")
 
 
@@ -67,7 +69,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool,
                 seed: int = 0, num_workers: int = 0, collator=None) -> DataLoader:
     """DataLoader over a tokenized dataset; pads each batch to its own longest sequence."""
-    keep = [c for c in dataset.column_names if c in MODEL_COLUMNS or c in ("special_tokens_mask",)]
+    keep = [c for c in dataset.column_names if c in MODEL_COLUMNS or c in ("special_tokens_mask", "doc_ids")]
     data = dataset.with_format("torch", columns=keep)
     sampler = LengthGroupedBatchSampler(dataset["length"], batch_size, shuffle, seed)
     collator = collator or DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
@@ -75,4 +77,9 @@ def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size
 
 
 def to_model_inputs(batch: dict) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    """The model's arguments; a (batch, seq, seq) document mask (general.packing=intra_doc) becomes the
+    additive (batch, 1, seq, seq) bias the attention takes."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "position_ids")}
+    if "attention_mask" in inputs and inputs["attention_mask"].dim() == 3:
+        inputs["attention_mask"] = model_attention_mask(inputs["attention_mask"])
+    return inputs

@@ -145,6 +145,11 @@ class GeneralStageConfig:
     corpus: str = "wiki"  # wiki (embedded gensim excerpt) | text file or folder | datasets name
     max_len: int = 128  # tokens per sequence cut from the corpus
     max_sequences: int = 0  # cap the number of sequences; 0 = all
+    # concat: documents joined and cut at max_len, attention across documents (BERT, TinyBERT);
+    # intra_doc: whole documents packed, each attends only to itself, positions restart (Zhao et al. 2024);
+    # per_doc: one document per sequence, length-grouped batches, no packing
+    packing: Literal["concat", "intra_doc", "per_doc"] = "concat"
+    min_doc_tokens: int = 8  # documents with fewer word pieces are dropped (captions, headings, stray lines)
     teacher: str = ""  # "" = the pretrained teacher (TinyBERT); task = this run's fine-tuned teacher; or a name/folder
     losses: dict[str, float] = field(
         default_factory=lambda: {"embedding_mse": 1.0, "attention_scores_mse": 1.0, "hidden_mse": 1.0})
@@ -157,6 +162,8 @@ class GeneralStageConfig:
     def validate(self, prefix: str) -> None:
         _check(8 <= self.max_len <= 512, f"{prefix}.max_len", "must be in [8, 512]")
         _check(self.max_sequences >= 0, f"{prefix}.max_sequences", "must be >= 0")
+        _check(1 <= self.min_doc_tokens <= self.max_len - 2, f"{prefix}.min_doc_tokens",
+               f"must be in [1, max_len - 2 = {self.max_len - 2}]")
         if self.enabled:
             _check_corpus(self.corpus, f"{prefix}.corpus")
         _check(0 < self.mlm_probability < 1, f"{prefix}.mlm_probability", "must be in (0, 1)")

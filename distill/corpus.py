@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from distill import assets
 
 _DROP_LINK_PREFIXES = ("file:", "image:", "category:", "media:")
-_MIN_WORDS = 12  # paragraphs shorter than this are captions, list items or leftovers of tables
+MIN_WIKI_WORDS = 12  # wiki paragraphs shorter than this are captions, list items or leftovers of tables
 
 
 def _clean_wikitext(text: str) -> list[str]:
@@ -38,7 +38,7 @@ def _clean_wikitext(text: str) -> list[str]:
     for para in plain.split("\n"):
         para = re.sub(r"\s+", " ", para).strip()
         words = para.split()
-        if len(words) < _MIN_WORDS or "|" in para or not para[-1:] in ".!?\"')":
+        if len(words) < MIN_WIKI_WORDS or "|" in para or not para[-1:] in ".!?\"')":
             continue
         if sum(c.isalpha() for c in para) < 0.6 * len(para):
             continue
@@ -74,7 +74,7 @@ def load_paragraphs(corpus: str, cache_dir: Path | None = None) -> list[str]:
     if corpus == "wiki":
         source = assets.wiki_excerpt()
         if cache_dir is not None:
-            key = hashlib.sha1(f"{source}:{source.stat().st_size}:{_MIN_WORDS}:v1".encode()).hexdigest()[:12]
+            key = hashlib.sha1(f"{source}:{source.stat().st_size}:{MIN_WIKI_WORDS}:v1".encode()).hexdigest()[:12]
             cached = Path(cache_dir) / f"wiki-{key}.txt"
             if cached.is_file():
                 return cached.read_text().split("\n")
@@ -99,29 +99,89 @@ def load_paragraphs(corpus: str, cache_dir: Path | None = None) -> list[str]:
     return [t for t in data["text"] if t and t.strip()]
 
 
-def pack_sequences(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
-                   max_sequences: int = 0) -> Dataset:
-    """Concatenate tokenized paragraphs and cut them into [CLS] ... [SEP] sequences of max_len tokens."""
-    body = max_len - 2
-    ids: list[int] = []
-    sequences: list[list[int]] = []
+PACKING = ("concat", "intra_doc", "per_doc")
+
+
+def _documents(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, min_tokens: int):
+    """Word-piece ids of every document with at least ``min_tokens`` pieces, in corpus order; yields
+    (ids, None) per kept document and finally (None, (documents seen, documents kept))."""
+    seen = kept = 0
     for start in range(0, len(paragraphs), 1000):
         for piece in tokenizer(paragraphs[start:start + 1000], add_special_tokens=False)["input_ids"]:
-            ids += piece + [tokenizer.sep_token_id]
-        while len(ids) >= body:
-            sequences.append([tokenizer.cls_token_id] + ids[:body] + [tokenizer.sep_token_id])
-            ids = ids[body:]
-        if max_sequences and len(sequences) >= max_sequences:
+            seen += 1
+            if len(piece) >= min_tokens:
+                kept += 1
+                yield piece, None
+    yield None, (seen, kept)
+
+
+def _chunks(ids: list[int], body: int, min_tokens: int) -> list[list[int]]:
+    """A document longer than ``body`` pieces cut into pieces of ``body``; a short tail is dropped."""
+    pieces = [ids[i:i + body] for i in range(0, len(ids), body)]
+    return [p for p in pieces if len(p) >= min_tokens or p is pieces[0]]
+
+
+def pack_sequences(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
+                   max_sequences: int = 0, packing: str = "concat", min_doc_tokens: int = 0) -> Dataset:
+    """Documents (``paragraphs``, each at least ``min_doc_tokens`` word pieces) as sequences of <= max_len tokens.
+
+    - concat: all documents joined with [SEP] and cut into [CLS] ... [SEP] sequences of max_len tokens
+      (documents run across sequence ends and see each other);
+    - intra_doc: ``[CLS] document [SEP]`` segments packed whole into sequences (next fit, corpus order),
+      with a ``doc_ids`` column numbering each token's segment for the block-diagonal mask;
+    - per_doc: one ``[CLS] document [SEP]`` per sequence (batches are length-grouped by the loader).
+    A document longer than max_len - 2 pieces is cut into pieces of that size in intra_doc and per_doc.
+    """
+    if packing not in PACKING:
+        raise ValueError(f"general.packing {packing!r} is not one of {list(PACKING)}")
+    body = max_len - 2
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    ids: list[int] = []
+    sequences: list[list[int]] = []
+    doc_ids: list[list[int]] = []
+    counts = (0, 0)
+    full = lambda: bool(max_sequences) and len(sequences) >= max_sequences  # noqa: E731
+    for piece, counted in _documents(paragraphs, tokenizer, min_doc_tokens):
+        if counted is not None:
+            counts = counted
             break
-    if ids and len(ids) > body // 4 and not (max_sequences and len(sequences) >= max_sequences):
-        sequences.append([tokenizer.cls_token_id] + ids + [tokenizer.sep_token_id])
+        if packing == "concat":
+            ids += piece + [sep]
+            while len(ids) >= body:
+                sequences.append([cls] + ids[:body] + [sep])
+                ids = ids[body:]
+        else:
+            for chunk in _chunks(piece, body, min_doc_tokens):
+                segment = [cls] + chunk + [sep]
+                if packing == "per_doc":
+                    sequences.append(segment)
+                    continue
+                if not sequences or len(sequences[-1]) + len(segment) > max_len:
+                    sequences.append([])
+                    doc_ids.append([])
+                doc_ids[-1] += [doc_ids[-1][-1] + 1 if doc_ids[-1] else 1] * len(segment)
+                sequences[-1] += segment
+        if full():
+            break
+    if packing == "concat" and ids and len(ids) > body // 4 and not full():
+        sequences.append([cls] + ids + [sep])
     if max_sequences:
-        sequences = sequences[:max_sequences]
+        sequences, doc_ids = sequences[:max_sequences], doc_ids[:max_sequences]
     if not sequences:
+        seen, kept = counts
+        if not seen:
+            raise ValueError("general.corpus holds no text: no document to distil on; point general.corpus at a "
+                             "non-empty text file, folder or dataset")
+        if not kept:
+            raise ValueError(f"general.corpus: all {seen} documents are shorter than general.min_doc_tokens="
+                             f"{min_doc_tokens} word pieces; give longer documents or lower general.min_doc_tokens")
         raise ValueError("the general corpus produced no sequences; give it more text or lower general.max_len")
-    return Dataset.from_dict({
+    columns = {
         "input_ids": sequences,
         "attention_mask": [[1] * len(s) for s in sequences],
         "token_type_ids": [[0] * len(s) for s in sequences],
         "length": [len(s) for s in sequences],
-    })
+    }
+    if packing == "intra_doc":
+        columns["doc_ids"] = doc_ids
+    return Dataset.from_dict(columns)

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
 
 from distill.augment import augmented_train_set
 from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
 from distill.context import RunContext
-from distill.corpus import load_paragraphs, pack_sequences
+from distill.corpus import MIN_WIKI_WORDS, load_paragraphs, pack_sequences
 from distill.evaluation import evaluate
-from distill.fingerprint import input_digests
+from distill.fingerprint import input_digests, stage_value
 from distill.layer_map import build_layer_map, describe
 from distill.losses import LOSSES
 from distill.objectives import DistillObjective, FineTuneObjective, save_projections, with_teacher_logits
+from distill.packing import DocumentCollator, check_block_mask
 from distill.placement import placement
 from distill.run import StageRun, announce_once
 from distill.trainer import train
@@ -112,8 +113,21 @@ def general_stage(ctx: RunContext) -> StageRun:
     cfg = ctx.cfg
     teacher = teacher_stage(ctx).fingerprint if cfg.general.teacher == "task" else cfg.general.teacher or cfg.teacher.name
     return StageRun(ctx.run_dir, "student-general", {
-        "teacher": teacher, "student": cfg.student, "general": cfg.general, "seed": cfg.seed,
+        "teacher": teacher, "student": cfg.student, "general": _general_settings(cfg.general), "seed": cfg.seed,
         "inputs": input_digests(cfg, "teacher.name", "general.teacher", "student.init", "general.corpus")})
+
+
+def _general_settings(g) -> dict:
+    """general.* for the stage fingerprint. Keys added after runs were made are left out where their
+    value builds what those runs built (concat packing, token masking, and a minimum the wiki
+    paragraphs of >= 12 words always pass), so finished stage-1 folders stay reusable."""
+    settings = stage_value(g)
+    for key, same in (("packing", "concat"), ("masking", "token")):
+        if settings.get(key) == same:
+            settings.pop(key)
+    if g.corpus == "wiki" and g.min_doc_tokens <= MIN_WIKI_WORDS:  # a word is >= 1 word piece
+        settings.pop("min_doc_tokens")
+    return settings
 
 
 def general_teacher_name(ctx: RunContext) -> str:
@@ -137,7 +151,7 @@ def run_general(ctx: RunContext) -> Path:
                          f"{teacher_name!r} has no MLM head; drop those losses or set general.teacher to a "
                          "checkpoint with one (e.g. bert-large-uncased)")
     paragraphs = load_paragraphs(g.corpus, cache_dir=Path(cfg.output_dir) / ".cache")
-    sequences = pack_sequences(paragraphs, ctx.tokenizer, g.max_len, g.max_sequences)
+    sequences = pack_sequences(paragraphs, ctx.tokenizer, g.max_len, g.max_sequences, g.packing, g.min_doc_tokens)
     stage.start()
     teacher = load_backbone(teacher_name, with_mlm_head=wants_mlm)
     student = build_student(student_shape(ctx), teacher, kind="mlm" if wants_mlm else "base",
@@ -145,10 +159,17 @@ def run_general(ctx: RunContext) -> Path:
                             init_layer_list=cfg.student.init_layer_list, seed=cfg.seed)
     matches = build_layer_map(g.losses, g.layer_map, student.config.num_hidden_layers,
                               teacher.config.num_hidden_layers, g.layer_map_list)
+    if g.packing == "intra_doc":  # before any step: the kernels must really apply the (batch, seq, seq) mask
+        check_block_mask(teacher, "teacher", ctx.tokenizer.cls_token_id, ctx.tokenizer.sep_token_id)
+        check_block_mask(student, "student", ctx.tokenizer.cls_token_id, ctx.tokenizer.sep_token_id)
     objective = DistillObjective(student, teacher, matches, temperature=g.temperature)
-    print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens from {g.corpus}; student "
+    fill = sum(sequences["length"]) / (len(sequences) * g.max_len)
+    print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {fill:.0%} filled) from "
+          f"{g.corpus}; student "
           f"{count_parameters(student) / 1e6:.1f}M params; layer map:\n{describe(matches)}")
     collator = MLMCollator(ctx.tokenizer, g.mlm_probability, cfg.seed) if wants_mlm else None
+    if g.packing == "intra_doc":
+        collator = DocumentCollator(collator or DataCollatorWithPadding(ctx.tokenizer))
     loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)
     tracker = ctx.tracker(stage.dir, "general")
     result = train(objective, loader, g.train, stage.dir, save_model=_distill_saver(ctx), tracker=tracker,

@@ -1,7 +1,9 @@
 """Distillation losses: pure functions ``(student, teacher, mask) -> scalar`` found by name in LOSSES.
 
 Shapes: b = batch, s = sequence, d = width, H = heads, R = relation heads, C = classes/vocab.
-``mask`` is the attention mask (b, s) with 1 for real tokens; padded positions never contribute.
+``mask`` is the attention mask (b, s) with 1 for real tokens; padded positions never contribute. With
+packed documents (general.packing=intra_doc) it is (b, s, s), 1 where query and key are real tokens of
+the same document: token losses read its diagonal, pair losses only same-document pairs.
 All losses are computed in float32 whatever precision the models run in: inputs are cast up and
 autocast is switched off inside (under autocast a matmul of float32 tensors would run in bf16/fp16).
 """
@@ -18,7 +20,18 @@ NEG = -1e4  # additive bias for padded keys: exp() underflows to 0 yet log-probs
 
 
 def _valid(mask: torch.Tensor) -> torch.Tensor:
+    """Real tokens (b, s) as float32, from a (b, s) mask or the diagonal of a (b, s, s) document mask."""
+    if mask.dim() == 3:
+        mask = mask.diagonal(dim1=1, dim2=2)  # a real token always attends to itself
     return mask.to(torch.float32)
+
+
+def _pairs(mask: torch.Tensor) -> torch.Tensor:
+    """(query, key) pairs that count, (b, s, s) float32: both real (b, s), or as given (b, s, s)."""
+    if mask.dim() == 3:
+        return mask.to(torch.float32)
+    m = _valid(mask)
+    return m[:, :, None] * m[:, None, :]
 
 
 def _device_type(value) -> str:
@@ -60,8 +73,7 @@ def attention_scores_mse(student: torch.Tensor, teacher: torch.Tensor, mask: tor
     if student.shape != teacher.shape:
         raise ValueError(f"attention_scores_mse needs equal shapes (same head count), got "
                          f"student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}; use attention_kl")
-    m = _valid(mask)
-    pairs = (m[:, None, :, None] * m[:, None, None, :]).expand_as(student)  # (b, H, s, s)
+    pairs = _pairs(mask)[:, None].expand_as(student)  # (b, H, s, s)
     diff = (student.float() - teacher.float()) ** 2 * pairs
     return diff.sum() / pairs.sum().clamp_min(1.0)
 
@@ -74,7 +86,10 @@ def _relation_log_probs(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, he
     xr = x.float().view(b, s, heads, d // heads).transpose(1, 2)  # (b, R, s, d_r)
     yr = y.float().view(b, s, heads, d // heads).transpose(1, 2)  # (b, R, s, d_r)
     logits = xr @ yr.transpose(-1, -2) / (d // heads) ** 0.5  # (b, R, s, s)
-    logits = logits + (1.0 - _valid(mask))[:, None, None, :] * NEG
+    if mask.dim() == 3:  # packed documents: keys of the query's own document only
+        logits = logits + (1.0 - _pairs(mask))[:, None] * NEG
+    else:
+        logits = logits + (1.0 - _valid(mask))[:, None, None, :] * NEG
     return torch.log_softmax(logits, dim=-1)
 
 
