@@ -156,6 +156,10 @@ class GeneralStageConfig:
     layer_map: str = "uniform"  # uniform | last | explicit: which teacher layer each student layer learns from
     layer_map_list: list[int] = field(default_factory=list)  # 1-based teacher layer per student layer (explicit)
     mlm_probability: float = 0.15  # masking rate for the MLM terms (only with an MLM teacher head)
+    # which tokens the MLM terms corrupt: token (BERT, each piece alone); whole_word (every piece of a
+    # chosen word, BERT WWM); mac (MacBERT: chosen words replaced by similar words, not [MASK])
+    masking: Literal["token", "whole_word", "mac"] = "token"
+    mac_neighbours: int = 5  # masking=mac: similar words (teacher input-embedding neighbours) drawn from
     temperature: float = 2.0  # softmax temperature of the soft cross-entropy on MLM logits
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=1e-4, batch_size=32))
 
@@ -167,10 +171,18 @@ class GeneralStageConfig:
         if self.enabled:
             _check_corpus(self.corpus, f"{prefix}.corpus")
         _check(0 < self.mlm_probability < 1, f"{prefix}.mlm_probability", "must be in (0, 1)")
+        _check(self.mac_neighbours >= 1, f"{prefix}.mac_neighbours", "must be >= 1")
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _check_layer_map(self.layer_map, self.layer_map_list, prefix)
         if self.enabled:
             _check_losses(self.losses, f"{prefix}.losses", trains=True)
+            if self.masking != "token":
+                from distill.losses import LOSSES  # local: losses imports torch
+
+                mlm_terms = sorted(n for n in LOSSES if LOSSES[n].feature.startswith("mlm"))
+                _check(any(n in mlm_terms for n in self.losses), f"{prefix}.masking",
+                       f"{self.masking} changes only the MLM terms {mlm_terms}, and general.losses has none; "
+                       "add one (the teacher needs an MLM head) or leave masking=token")
         self.train.validate(f"{prefix}.train")
 
 

@@ -17,6 +17,7 @@ from distill.evaluation import evaluate
 from distill.fingerprint import input_digests, stage_value
 from distill.layer_map import build_layer_map, describe
 from distill.losses import LOSSES
+from distill.masking import WordMasking
 from distill.objectives import DistillObjective, FineTuneObjective, save_projections, with_teacher_logits
 from distill.packing import DocumentCollator, check_block_mask
 from distill.placement import placement
@@ -90,16 +91,28 @@ class MLMCollator:
     The masks are drawn from a generator seeded by (seed, the batch's token ids), never from the
     global RNG: the data loader collates ahead of the training step, so masks drawn from the global
     RNG would differ between a resumed run and an uninterrupted one. Batches are re-grouped every
-    epoch, so a sentence still gets new masks from epoch to epoch."""
+    epoch, so a sentence still gets new masks from epoch to epoch. ``masking``: token (BERT), or
+    whole_word / mac (``distill.masking``; mac needs the teacher's input ``embeddings``)."""
 
-    def __init__(self, tokenizer, probability: float, seed: int = 0):
+    def __init__(self, tokenizer, probability: float, seed: int = 0, masking: str = "token",
+                 embeddings: torch.Tensor | None = None, neighbours: int = 5):
         self.inner = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+        self.tokenizer = tokenizer
         self.seed = seed
+        self.words = None if masking == "token" else WordMasking(tokenizer, probability, masking, embeddings,
+                                                                 neighbours)
 
     def __call__(self, features):
         key = zlib.crc32(b"".join(np.asarray(f["input_ids"], dtype=np.int64).tobytes() for f in features))
+        seed = (self.seed * 1_000_003 + key) % 2**63
+        if self.words is not None:
+            batch = self.tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in features],
+                                       return_tensors="pt")
+            batch["input_ids"], batch["mlm_labels"] = self.words(batch["input_ids"],
+                                                                 torch.Generator().manual_seed(seed))
+            return batch
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + key) % 2**63)
+            torch.manual_seed(seed)
             batch = self.inner(features)
         batch["mlm_labels"] = batch.pop("labels")
         return batch
@@ -125,6 +138,8 @@ def _general_settings(g) -> dict:
     for key, same in (("packing", "concat"), ("masking", "token")):
         if settings.get(key) == same:
             settings.pop(key)
+    if g.masking != "mac":  # read only by masking=mac
+        settings.pop("mac_neighbours")
     if g.corpus == "wiki" and g.min_doc_tokens <= MIN_WIKI_WORDS:  # a word is >= 1 word piece
         settings.pop("min_doc_tokens")
     return settings
@@ -167,7 +182,10 @@ def run_general(ctx: RunContext) -> Path:
     print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {fill:.0%} filled) from "
           f"{g.corpus}; student "
           f"{count_parameters(student) / 1e6:.1f}M params; layer map:\n{describe(matches)}")
-    collator = MLMCollator(ctx.tokenizer, g.mlm_probability, cfg.seed) if wants_mlm else None
+    collator = None
+    if wants_mlm:
+        embeddings = teacher.get_input_embeddings().weight if g.masking == "mac" else None
+        collator = MLMCollator(ctx.tokenizer, g.mlm_probability, cfg.seed, g.masking, embeddings, g.mac_neighbours)
     if g.packing == "intra_doc":
         collator = DocumentCollator(collator or DataCollatorWithPadding(ctx.tokenizer))
     loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)

@@ -144,3 +144,47 @@ def test_block_mask_check_refuses_an_attention_that_ignores_the_mask():
     model.set_attn_implementation("test_ignore_mask")
     with pytest.raises(BlockMaskError, match="student's attention implementation 'test_ignore_mask' lets documents"):
         check_block_mask(model, "student")
+
+
+@pytest.mark.parametrize("packing,masking", [("intra_doc", "mac"), ("per_doc", "whole_word")])
+def test_general_stage_trains_with_packing_and_masking(tmp_path, tiny_mlm_teacher_dir, task_folder, monkeypatch,
+                                                       packing, masking):
+    from distill import distillation
+    from distill.config import load_config
+    from distill.context import RunContext
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema on a rainy evening." * (1 + i % 3)
+                                for i in range(40)))
+    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_mlm_teacher_dir}", f"task.name={task_folder}",
+                 "student.preset=custom", "student.layers=2", "student.hidden=32", "student.heads=4",
+                 "student.ffn=32", f"general.corpus={corpus}", "general.max_len=48", f"general.packing={packing}",
+                 f"general.masking={masking}",
+                 "general.losses={attention_scores_mse: 1.0, hidden_mse: 1.0, mlm_soft_ce_t2: 1.0}",
+                 "general.train.max_steps=2", "general.train.batch_size=4", "general.train.save_every=0"]
+    ctx = RunContext(load_config(None, overrides))
+    seen = []
+    real_call = DistillObjective.__call__
+
+    def recording(self, batch):
+        seen.append({k: tuple(v.shape) for k, v in batch.items()})
+        return real_call(self, batch)
+
+    monkeypatch.setattr(DistillObjective, "__call__", recording)
+    folder = distillation.run_general(ctx)
+    assert (folder / "model.safetensors").is_file()
+    result = distillation.general_stage(ctx).result()
+    assert result["steps"] == 2 and all(v == v for v in result["final"].values())
+    b, s = seen[0]["input_ids"]
+    assert seen[0]["attention_mask"] == ((b, s, s) if packing == "intra_doc" else (b, s))
+    assert ("position_ids" in seen[0]) == (packing == "intra_doc") and "mlm_labels" in seen[0]
+    assert "packing" in distillation.general_stage(ctx).settings["general"]
+
+
+def test_general_fingerprint_keeps_runs_made_before_packing_existed():
+    from distill.config import load_config
+    from distill.distillation import _general_settings
+
+    default = _general_settings(load_config(None, []).general)
+    assert not {"packing", "masking", "mac_neighbours", "min_doc_tokens"} & set(default)
+    assert _general_settings(load_config(None, ["general.packing=intra_doc"]).general)["packing"] == "intra_doc"
