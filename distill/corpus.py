@@ -3,11 +3,14 @@ mwparserfromhell), local text files, or a `datasets` name; packed into sequences
 from __future__ import annotations
 
 import bz2
+import codecs
 import hashlib
+import itertools
 import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import mwparserfromhell
 from datasets import Dataset, load_dataset
@@ -46,73 +49,139 @@ def _clean_wikitext(text: str) -> list[str]:
     return paragraphs
 
 
-def wiki_paragraphs(path: Path) -> list[str]:
-    """Article paragraphs of a MediaWiki XML dump (.bz2), markup removed; redirects skipped."""
-    paragraphs = []
+class CorpusError(ValueError):
+    """The general corpus cannot be read as text documents."""
+
+
+def iter_wiki_paragraphs(path: Path) -> Iterator[str]:
+    """Article paragraphs of a MediaWiki XML dump (.bz2), markup removed; redirects skipped; page by page."""
     with bz2.open(path) as fh:
         for _event, element in ET.iterparse(fh):
             if element.tag.endswith("}text") and element.text and not element.text.lstrip().upper().startswith("#REDIRECT"):
-                paragraphs += _clean_wikitext(element.text)
+                yield from _clean_wikitext(element.text)
             if element.tag.endswith("}page"):
                 element.clear()
-    return paragraphs
 
 
-def text_file_paragraphs(path: Path) -> list[str]:
+def wiki_paragraphs(path: Path) -> list[str]:
+    return list(iter_wiki_paragraphs(path))
+
+
+def text_files(path: Path) -> list[Path]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".text", "")) \
         if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"general.corpus folder {path} holds no .txt files")
-    out = []
-    for file in files:
-        out += [line.strip() for line in file.read_text(errors="replace").splitlines() if line.strip()]
-    return out
+    return files
 
 
-def load_paragraphs(corpus: str, cache_dir: Path | None = None) -> list[str]:
-    """Cleaned paragraphs of ``corpus``; the cleaned wiki text is cached in ``cache_dir``."""
-    if corpus == "wiki":
-        source = assets.wiki_excerpt()
-        if cache_dir is not None:
-            key = hashlib.sha1(f"{source}:{source.stat().st_size}:{MIN_WIKI_WORDS}:v1".encode()).hexdigest()[:12]
-            cached = Path(cache_dir) / f"wiki-{key}.txt"
-            if cached.is_file():
-                return cached.read_text().split("\n")
-            paragraphs = wiki_paragraphs(source)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks may write it at once
-            tmp.write_text("\n".join(paragraphs))
-            os.replace(tmp, cached)
-            return paragraphs
-        return wiki_paragraphs(source)
-    path = Path(corpus)
-    if path.exists():
-        return text_file_paragraphs(path)
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise CorpusError unless every corpus file under ``path`` decodes as UTF-8; reads in chunks
+    (constant memory), so a streamed corpus fails before training, not hours into it."""
+    for file in text_files(path):
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0  # bytes of the file before ``data``
+        with open(file, "rb") as fh:
+            while True:
+                data = fh.read(chunk)
+                pending = len(decoder.getstate()[0])  # an unfinished character carried over from the last chunk
+                try:
+                    decoder.decode(data, final=not data)
+                except UnicodeDecodeError as err:
+                    raise CorpusError(f"general.corpus file {file} is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                                      f"at offset {offset - pending + err.start}); convert it, e.g. "
+                                      f"iconv -f latin1 -t utf-8 {file.name} > {file.stem}.utf8.txt") from None
+                if not data:
+                    break
+                offset += len(data)
+
+
+def iter_text_file_paragraphs(path: Path) -> Iterator[str]:
+    """Non-empty lines of a text file, or of every .txt file in a folder (sorted), one at a time."""
+    for file in text_files(path):
+        with open(file, encoding="utf-8") as fh:
+            try:
+                for line in fh:
+                    for part in line.splitlines():
+                        if part.strip():
+                            yield part.strip()
+            except UnicodeDecodeError:
+                check_utf8(file)  # says where
+                raise
+
+
+def text_file_paragraphs(path: Path) -> list[str]:
+    return list(iter_text_file_paragraphs(path))
+
+
+def _wiki_cache(cache_dir: Path) -> Path:
+    """The cleaned wiki text, one paragraph a line, written once (streamed, page by page)."""
+    source = assets.wiki_excerpt()
+    key = hashlib.sha1(f"{source}:{source.stat().st_size}:{MIN_WIKI_WORDS}:v1".encode()).hexdigest()[:12]
+    cached = Path(cache_dir) / f"wiki-{key}.txt"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks may write it at once
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i, para in enumerate(iter_wiki_paragraphs(source)):
+                fh.write(("\n" if i else "") + para)
+        os.replace(tmp, cached)
+    return cached
+
+
+def _hub_texts(corpus: str, text_column: str, streaming: bool) -> Iterable[str]:
     name, _, subset = corpus.partition(":")  # e.g. Salesforce/wikitext:wikitext-103-raw-v1
     try:
-        data = load_dataset(name, subset or None, split="train")
+        data = load_dataset(name, subset or None, split="train", streaming=streaming)
     except Exception as err:  # datasets raises many types for a missing/unreachable name
         raise FileNotFoundError(f"general.corpus {corpus!r} is not 'wiki', a local text file/folder, or a loadable "
                                 f"datasets name ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    if "text" not in data.column_names:
-        raise ValueError(f"general.corpus {corpus!r} has no 'text' column (found {data.column_names})")
-    return [t for t in data["text"] if t and t.strip()]
+    columns = data.column_names
+    if columns is None:  # a stream whose features are unknown until read: look at its first row
+        columns = list(next(iter(data), {}))
+    if text_column not in columns:
+        raise CorpusError(f"general.corpus {corpus!r} has no {text_column!r} column (found {columns}); set "
+                          "general.text_column to the column holding the text")
+    if streaming:
+        return (row[text_column] for row in data)
+    return data[text_column]
+
+
+def iter_documents(corpus: str, cache_dir: Path | None = None, text_column: str = "text",
+                   streaming: bool = False) -> Iterator[str]:
+    """The documents of ``corpus`` one at a time, never all in memory when ``streaming`` (a datasets name
+    is then opened with streaming=True). Raises for a missing source or column when called, and for a
+    non-UTF-8 file before the first document."""
+    if corpus == "wiki":
+        if cache_dir is None:
+            return iter_wiki_paragraphs(assets.wiki_excerpt())
+        return iter_text_file_paragraphs(_wiki_cache(cache_dir))
+    path = Path(corpus)
+    if path.exists():
+        check_utf8(path)
+        return iter_text_file_paragraphs(path)
+    return (t for t in _hub_texts(corpus, text_column, streaming) if t and t.strip())
+
+
+def load_paragraphs(corpus: str, cache_dir: Path | None = None, text_column: str = "text") -> list[str]:
+    """Cleaned paragraphs of ``corpus``, all in memory; the cleaned wiki text is cached in ``cache_dir``."""
+    return list(iter_documents(corpus, cache_dir, text_column))
 
 
 PACKING = ("concat", "intra_doc", "per_doc")
 
 
-def _documents(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, min_tokens: int):
-    """Word-piece ids of every document with at least ``min_tokens`` pieces, in corpus order; yields
-    (ids, None) per kept document and finally (None, (documents seen, documents kept))."""
-    seen = kept = 0
-    for start in range(0, len(paragraphs), 1000):
-        for piece in tokenizer(paragraphs[start:start + 1000], add_special_tokens=False)["input_ids"]:
-            seen += 1
+def _documents(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, min_tokens: int, counts: list[int],
+               chunk: int = 1000) -> Iterator[list[int]]:
+    """Word-piece ids of every document with at least ``min_tokens`` pieces, in corpus order, tokenized
+    ``chunk`` documents at a time; ``counts`` becomes [documents seen, documents kept]."""
+    documents = iter(documents)
+    while batch := list(itertools.islice(documents, chunk)):
+        for piece in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            counts[0] += 1
             if len(piece) >= min_tokens:
-                kept += 1
-                yield piece, None
-    yield None, (seen, kept)
+                counts[1] += 1
+                yield piece
 
 
 def _chunks(ids: list[int], body: int, min_tokens: int) -> list[list[int]]:
@@ -121,9 +190,16 @@ def _chunks(ids: list[int], body: int, min_tokens: int) -> list[list[int]]:
     return [p for p in pieces if len(p) >= min_tokens or p is pieces[0]]
 
 
-def pack_sequences(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
-                   max_sequences: int = 0, packing: str = "concat", min_doc_tokens: int = 0) -> Dataset:
-    """Documents (``paragraphs``, each at least ``min_doc_tokens`` word pieces) as sequences of <= max_len tokens.
+def _row(ids: list[int], doc_ids: list[int] | None = None) -> dict:
+    row = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids), "length": len(ids)}
+    if doc_ids is not None:
+        row["doc_ids"] = doc_ids
+    return row
+
+
+def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
+                   packing: str = "concat", min_doc_tokens: int = 0) -> Iterator[dict]:
+    """Documents (each at least ``min_doc_tokens`` word pieces) as rows of <= max_len tokens, one at a time.
 
     - concat: all documents joined with [SEP] and cut into [CLS] ... [SEP] sequences of max_len tokens
       (documents run across sequence ends and see each other);
@@ -131,57 +207,57 @@ def pack_sequences(paragraphs: list[str], tokenizer: PreTrainedTokenizerBase, ma
       with a ``doc_ids`` column numbering each token's segment for the block-diagonal mask;
     - per_doc: one ``[CLS] document [SEP]`` per sequence (batches are length-grouped by the loader).
     A document longer than max_len - 2 pieces is cut into pieces of that size in intra_doc and per_doc.
+    Raises CorpusError at the end of an input that gave no sequence (empty, or every document too short).
     """
     if packing not in PACKING:
         raise ValueError(f"general.packing {packing!r} is not one of {list(PACKING)}")
     body = max_len - 2
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    ids: list[int] = []
-    sequences: list[list[int]] = []
-    doc_ids: list[list[int]] = []
-    counts = (0, 0)
-    full = lambda: bool(max_sequences) and len(sequences) >= max_sequences  # noqa: E731
-    for piece, counted in _documents(paragraphs, tokenizer, min_doc_tokens):
-        if counted is not None:
-            counts = counted
-            break
+    counts = [0, 0]
+    produced = 0
+    ids: list[int] = []  # concat: the running text; intra_doc: the open sequence
+    doc_ids: list[int] = []
+    for piece in _documents(documents, tokenizer, min_doc_tokens, counts):
         if packing == "concat":
             ids += piece + [sep]
             while len(ids) >= body:
-                sequences.append([cls] + ids[:body] + [sep])
+                produced += 1
+                yield _row([cls] + ids[:body] + [sep])
                 ids = ids[body:]
-        else:
-            for chunk in _chunks(piece, body, min_doc_tokens):
-                segment = [cls] + chunk + [sep]
-                if packing == "per_doc":
-                    sequences.append(segment)
-                    continue
-                if not sequences or len(sequences[-1]) + len(segment) > max_len:
-                    sequences.append([])
-                    doc_ids.append([])
-                doc_ids[-1] += [doc_ids[-1][-1] + 1 if doc_ids[-1] else 1] * len(segment)
-                sequences[-1] += segment
-        if full():
-            break
-    if packing == "concat" and ids and len(ids) > body // 4 and not full():
-        sequences.append([cls] + ids + [sep])
-    if max_sequences:
-        sequences, doc_ids = sequences[:max_sequences], doc_ids[:max_sequences]
-    if not sequences:
+            continue
+        for chunk in _chunks(piece, body, min_doc_tokens):
+            segment = [cls] + chunk + [sep]
+            if packing == "per_doc":
+                produced += 1
+                yield _row(segment)
+                continue
+            if ids and len(ids) + len(segment) > max_len:
+                produced += 1
+                yield _row(ids, doc_ids)
+                ids, doc_ids = [], []
+            doc_ids += [doc_ids[-1] + 1 if doc_ids else 1] * len(segment)
+            ids += segment
+    if packing == "concat" and ids and len(ids) > body // 4:
+        produced += 1
+        yield _row([cls] + ids + [sep])
+    elif packing == "intra_doc" and ids:
+        produced += 1
+        yield _row(ids, doc_ids)
+    if not produced:
         seen, kept = counts
         if not seen:
-            raise ValueError("general.corpus holds no text: no document to distil on; point general.corpus at a "
-                             "non-empty text file, folder or dataset")
+            raise CorpusError("general.corpus holds no text: no document to distil on; point general.corpus at a "
+                              "non-empty text file, folder or dataset")
         if not kept:
-            raise ValueError(f"general.corpus: all {seen} documents are shorter than general.min_doc_tokens="
-                             f"{min_doc_tokens} word pieces; give longer documents or lower general.min_doc_tokens")
-        raise ValueError("the general corpus produced no sequences; give it more text or lower general.max_len")
-    columns = {
-        "input_ids": sequences,
-        "attention_mask": [[1] * len(s) for s in sequences],
-        "token_type_ids": [[0] * len(s) for s in sequences],
-        "length": [len(s) for s in sequences],
-    }
-    if packing == "intra_doc":
-        columns["doc_ids"] = doc_ids
+            raise CorpusError(f"general.corpus: all {seen} documents are shorter than general.min_doc_tokens="
+                              f"{min_doc_tokens} word pieces; give longer documents or lower general.min_doc_tokens")
+        raise CorpusError("the general corpus produced no sequences; give it more text or lower general.max_len")
+
+
+def pack_sequences(paragraphs: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
+                   max_sequences: int = 0, packing: str = "concat", min_doc_tokens: int = 0) -> Dataset:
+    """The first ``max_sequences`` (0 = all) rows of ``iter_sequences`` as an in-memory Dataset."""
+    rows = list(itertools.islice(iter_sequences(paragraphs, tokenizer, max_len, packing, min_doc_tokens),
+                                 max_sequences or None))
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
     return Dataset.from_dict(columns)
