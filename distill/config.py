@@ -150,6 +150,10 @@ class GeneralStageConfig:
     # per_doc: one document per sequence, length-grouped batches, no packing
     packing: Literal["concat", "intra_doc", "per_doc"] = "concat"
     min_doc_tokens: int = 8  # documents with fewer word pieces are dropped (captions, headings, stray lines)
+    # read, tokenize and pack the corpus while training (flat memory, any size); needs train.max_steps,
+    # since the number of sequences is unknown before the end
+    streaming: bool = False
+    text_column: str = "text"  # the column holding the text, for a datasets corpus
     teacher: str = ""  # "" = the pretrained teacher (TinyBERT); task = this run's fine-tuned teacher; or a name/folder
     losses: dict[str, float] = field(
         default_factory=lambda: {"embedding_mse": 1.0, "attention_scores_mse": 1.0, "hidden_mse": 1.0})
@@ -172,6 +176,10 @@ class GeneralStageConfig:
             _check_corpus(self.corpus, f"{prefix}.corpus")
         _check(0 < self.mlm_probability < 1, f"{prefix}.mlm_probability", "must be in (0, 1)")
         _check(self.mac_neighbours >= 1, f"{prefix}.mac_neighbours", "must be >= 1")
+        _check(bool(self.text_column), f"{prefix}.text_column", "must name a column")
+        if self.enabled and self.streaming:
+            _check(self.train.max_steps > 0, f"{prefix}.train.max_steps",
+                   "must be > 0 with general.streaming=true (a stream's length is unknown until its end)")
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _check_layer_map(self.layer_map, self.layer_map_list, prefix)
         if self.enabled:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
 
 from distill.augment import augmented_train_set
@@ -21,7 +22,9 @@ from distill.masking import WordMasking
 from distill.objectives import DistillObjective, FineTuneObjective, save_projections, with_teacher_logits
 from distill.packing import DocumentCollator, check_block_mask
 from distill.placement import placement
+from distill.ranks import process_count
 from distill.run import StageRun, announce_once
+from distill.stream import open_stream
 from distill.trainer import train
 from students.build import build_student, count_parameters
 from students.presets import resolve_shape
@@ -135,7 +138,7 @@ def _general_settings(g) -> dict:
     value builds what those runs built (concat packing, token masking, and a minimum the wiki
     paragraphs of >= 12 words always pass), so finished stage-1 folders stay reusable."""
     settings = stage_value(g)
-    for key, same in (("packing", "concat"), ("masking", "token")):
+    for key, same in (("packing", "concat"), ("masking", "token"), ("streaming", False), ("text_column", "text")):
         if settings.get(key) == same:
             settings.pop(key)
     if g.masking != "mac":  # read only by masking=mac
@@ -165,8 +168,18 @@ def run_general(ctx: RunContext) -> Path:
         raise ValueError(f"general.losses asks for {[n for n in g.losses if n in MLM_LOSSES]} but the teacher "
                          f"{teacher_name!r} has no MLM head; drop those losses or set general.teacher to a "
                          "checkpoint with one (e.g. bert-large-uncased)")
-    paragraphs = load_paragraphs(g.corpus, cache_dir=Path(cfg.output_dir) / ".cache")
-    sequences = pack_sequences(paragraphs, ctx.tokenizer, g.max_len, g.max_sequences, g.packing, g.min_doc_tokens)
+    cache = Path(cfg.output_dir) / ".cache"
+    if g.streaming and process_count() > 1:
+        raise ValueError("general.streaming=true runs in one process for now (several processes would each read "
+                         "the whole stream); launch without --num_processes or set general.streaming=false")
+    if g.streaming:  # read and packed while training runs; open_stream fails now on a bad corpus
+        sequences = open_stream(g, ctx.tokenizer, cache, cfg.seed)
+        about = f"a stream of {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing})"
+    else:
+        sequences = pack_sequences(load_paragraphs(g.corpus, cache, g.text_column), ctx.tokenizer, g.max_len,
+                                   g.max_sequences, g.packing, g.min_doc_tokens)
+        fill = sum(sequences["length"]) / (len(sequences) * g.max_len)
+        about = f"{len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {fill:.0%} filled)"
     stage.start()
     teacher = load_backbone(teacher_name, with_mlm_head=wants_mlm)
     student = build_student(student_shape(ctx), teacher, kind="mlm" if wants_mlm else "base",
@@ -178,24 +191,26 @@ def run_general(ctx: RunContext) -> Path:
         check_block_mask(teacher, "teacher", ctx.tokenizer.cls_token_id, ctx.tokenizer.sep_token_id)
         check_block_mask(student, "student", ctx.tokenizer.cls_token_id, ctx.tokenizer.sep_token_id)
     objective = DistillObjective(student, teacher, matches, temperature=g.temperature)
-    fill = sum(sequences["length"]) / (len(sequences) * g.max_len)
-    print(f"[general] {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {fill:.0%} filled) from "
-          f"{g.corpus}; student "
-          f"{count_parameters(student) / 1e6:.1f}M params; layer map:\n{describe(matches)}")
+    print(f"[general] {about} from {g.corpus}; student {count_parameters(student) / 1e6:.1f}M params; layer map:\n"
+          f"{describe(matches)}")
     collator = None
     if wants_mlm:
         embeddings = teacher.get_input_embeddings().weight if g.masking == "mac" else None
         collator = MLMCollator(ctx.tokenizer, g.mlm_probability, cfg.seed, g.masking, embeddings, g.mac_neighbours)
     if g.packing == "intra_doc":
         collator = DocumentCollator(collator or DataCollatorWithPadding(ctx.tokenizer))
-    loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)
+    if g.streaming:
+        loader = DataLoader(sequences, batch_size=g.train.batch_size,
+                            collate_fn=collator or DataCollatorWithPadding(ctx.tokenizer))
+    else:
+        loader = ctx.loader("train", g.train.batch_size, shuffle=True, dataset=sequences, collator=collator)
     tracker = ctx.tracker(stage.dir, "general")
     result = train(objective, loader, g.train, stage.dir, save_model=_distill_saver(ctx), tracker=tracker,
                    seed=cfg.seed, desc="general")
     final = result.history[-1] if result.history else {}
     tracker.summary(final)
     tracker.finish()
-    stage.finish({"steps": result.step, "sequences": len(sequences), "final": final})
+    stage.finish({"steps": result.step, "sequences": len(sequences), "streaming": g.streaming, "final": final})
     return stage.model_dir
 
 

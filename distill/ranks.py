@@ -19,3 +19,7 @@ def is_main_process() -> bool:
 def wait_for_everyone() -> None:
     """A barrier across processes; nothing in a single process."""
     _state().wait_for_everyone()
+
+
+def process_count() -> int:
+    return _state().num_processes
