@@ -150,6 +150,10 @@ class GeneralStageConfig:
     # per_doc: one document per sequence, length-grouped batches, no packing
     packing: Literal["concat", "intra_doc", "per_doc"] = "concat"
     min_doc_tokens: int = 8  # documents with fewer word pieces are dropped (captions, headings, stray lines)
+    # corpus: documents in the order read; bm25: each sequence filled with the documents most similar to
+    # its first one (BM25Chunk, Zhao et al. 2024), for concat and intra_doc
+    pack_order: Literal["corpus", "bm25"] = "corpus"
+    bm25_window: int = 4096  # pack_order=bm25: documents ranked together (BM25Chunk's buffer); memory grows with it
     # read, tokenize and pack the corpus while training (flat memory, any size); needs train.max_steps,
     # since the number of sequences is unknown before the end
     streaming: bool = False
@@ -177,6 +181,10 @@ class GeneralStageConfig:
         _check(0 < self.mlm_probability < 1, f"{prefix}.mlm_probability", "must be in (0, 1)")
         _check(self.mac_neighbours >= 1, f"{prefix}.mac_neighbours", "must be >= 1")
         _check(bool(self.text_column), f"{prefix}.text_column", "must name a column")
+        _check(self.bm25_window >= 2, f"{prefix}.bm25_window", "must be >= 2")
+        _check(not (self.pack_order == "bm25" and self.packing == "per_doc"), f"{prefix}.pack_order",
+               "bm25 fills a sequence with related documents, but packing=per_doc puts one document per sequence; "
+               "use packing=intra_doc or concat, or pack_order=corpus")
         if self.enabled and self.streaming:
             _check(self.train.max_steps > 0, f"{prefix}.train.max_steps",
                    "must be > 0 with general.streaming=true (a stream's length is unknown until its end)")

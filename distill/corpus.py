@@ -88,7 +88,8 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
                 try:
                     decoder.decode(data, final=not data)
                 except UnicodeDecodeError as err:
-                    raise CorpusError(f"general.corpus file {file} is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                    bad = err.object[err.start]
+                    raise CorpusError(f"general.corpus file {file} is not UTF-8 text (byte 0x{bad:02x} "
                                       f"at offset {offset - pending + err.start}); convert it, e.g. "
                                       f"iconv -f latin1 -t utf-8 {file.name} > {file.stem}.utf8.txt") from None
                 if not data:
@@ -197,8 +198,26 @@ def _row(ids: list[int], doc_ids: list[int] | None = None) -> dict:
     return row
 
 
+def _pieces(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_len: int, packing: str,
+            min_doc_tokens: int, counts: list[int], pack_order: str, window: int) -> Iterator[tuple[list[int], bool]]:
+    """(word pieces, starts a group) per document (concat) or per segment body (intra_doc, per_doc), in
+    corpus order or BM25-grouped (each group fits one sequence)."""
+    body = max_len - 2
+    pieces = _documents(documents, tokenizer, min_doc_tokens, counts)
+    if packing != "concat":
+        pieces = (chunk for piece in pieces for chunk in _chunks(piece, body, min_doc_tokens))
+    if pack_order == "corpus":
+        return ((piece, False) for piece in pieces)
+    from distill.bm25 import grouped
+
+    if packing == "concat":  # documents joined with one [SEP] each, in sequences of max_len - 2
+        return grouped(pieces, body, 1, window)
+    return grouped(pieces, max_len, 2, window)  # [CLS] segment [SEP]
+
+
 def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
-                   packing: str = "concat", min_doc_tokens: int = 0) -> Iterator[dict]:
+                   packing: str = "concat", min_doc_tokens: int = 0, pack_order: str = "corpus",
+                   bm25_window: int = 4096) -> Iterator[dict]:
     """Documents (each at least ``min_doc_tokens`` word pieces) as rows of <= max_len tokens, one at a time.
 
     - concat: all documents joined with [SEP] and cut into [CLS] ... [SEP] sequences of max_len tokens
@@ -207,6 +226,8 @@ def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase,
       with a ``doc_ids`` column numbering each token's segment for the block-diagonal mask;
     - per_doc: one ``[CLS] document [SEP]`` per sequence (batches are length-grouped by the loader).
     A document longer than max_len - 2 pieces is cut into pieces of that size in intra_doc and per_doc.
+    pack_order=bm25 (concat, intra_doc): documents grouped with their most similar ones
+    (``distill.bm25``, within windows of ``bm25_window`` documents); under intra_doc a group is one sequence.
     Raises CorpusError at the end of an input that gave no sequence (empty, or every document too short).
     """
     if packing not in PACKING:
@@ -217,7 +238,11 @@ def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase,
     produced = 0
     ids: list[int] = []  # concat: the running text; intra_doc: the open sequence
     doc_ids: list[int] = []
-    for piece in _documents(documents, tokenizer, min_doc_tokens, counts):
+    if pack_order not in ("corpus", "bm25") or (pack_order == "bm25" and packing == "per_doc"):
+        raise ValueError(f"general.pack_order {pack_order!r} with packing {packing!r}: use corpus, or bm25 with "
+                         "concat or intra_doc")
+    for piece, starts_group in _pieces(documents, tokenizer, max_len, packing, min_doc_tokens, counts, pack_order,
+                                       bm25_window):
         if packing == "concat":
             ids += piece + [sep]
             while len(ids) >= body:
@@ -225,18 +250,17 @@ def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase,
                 yield _row([cls] + ids[:body] + [sep])
                 ids = ids[body:]
             continue
-        for chunk in _chunks(piece, body, min_doc_tokens):
-            segment = [cls] + chunk + [sep]
-            if packing == "per_doc":
-                produced += 1
-                yield _row(segment)
-                continue
-            if ids and len(ids) + len(segment) > max_len:
-                produced += 1
-                yield _row(ids, doc_ids)
-                ids, doc_ids = [], []
-            doc_ids += [doc_ids[-1] + 1 if doc_ids else 1] * len(segment)
-            ids += segment
+        segment = [cls] + piece + [sep]
+        if packing == "per_doc":
+            produced += 1
+            yield _row(segment)
+            continue
+        if ids and (starts_group or len(ids) + len(segment) > max_len):
+            produced += 1
+            yield _row(ids, doc_ids)
+            ids, doc_ids = [], []
+        doc_ids += [doc_ids[-1] + 1 if doc_ids else 1] * len(segment)
+        ids += segment
     if packing == "concat" and ids and len(ids) > body // 4:
         produced += 1
         yield _row([cls] + ids + [sep])
@@ -255,9 +279,10 @@ def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase,
 
 
 def pack_sequences(paragraphs: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_len: int,
-                   max_sequences: int = 0, packing: str = "concat", min_doc_tokens: int = 0) -> Dataset:
+                   max_sequences: int = 0, packing: str = "concat", min_doc_tokens: int = 0,
+                   pack_order: str = "corpus", bm25_window: int = 4096) -> Dataset:
     """The first ``max_sequences`` (0 = all) rows of ``iter_sequences`` as an in-memory Dataset."""
-    rows = list(itertools.islice(iter_sequences(paragraphs, tokenizer, max_len, packing, min_doc_tokens),
-                                 max_sequences or None))
+    rows = list(itertools.islice(iter_sequences(paragraphs, tokenizer, max_len, packing, min_doc_tokens, pack_order,
+                                                bm25_window), max_sequences or None))
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     return Dataset.from_dict(columns)

@@ -138,11 +138,14 @@ def _general_settings(g) -> dict:
     value builds what those runs built (concat packing, token masking, and a minimum the wiki
     paragraphs of >= 12 words always pass), so finished stage-1 folders stay reusable."""
     settings = stage_value(g)
-    for key, same in (("packing", "concat"), ("masking", "token"), ("streaming", False), ("text_column", "text")):
+    for key, same in (("packing", "concat"), ("masking", "token"), ("streaming", False), ("text_column", "text"),
+                      ("pack_order", "corpus")):
         if settings.get(key) == same:
             settings.pop(key)
     if g.masking != "mac":  # read only by masking=mac
         settings.pop("mac_neighbours")
+    if g.pack_order != "bm25":  # read only by pack_order=bm25
+        settings.pop("bm25_window")
     if g.corpus == "wiki" and g.min_doc_tokens <= MIN_WIKI_WORDS:  # a word is >= 1 word piece
         settings.pop("min_doc_tokens")
     return settings
@@ -174,12 +177,14 @@ def run_general(ctx: RunContext) -> Path:
                          "the whole stream); launch without --num_processes or set general.streaming=false")
     if g.streaming:  # read and packed while training runs; open_stream fails now on a bad corpus
         sequences = open_stream(g, ctx.tokenizer, cache, cfg.seed)
-        about = f"a stream of {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing})"
+        about = (f"a stream of {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {g.pack_order} "
+                 "order)")
     else:
         sequences = pack_sequences(load_paragraphs(g.corpus, cache, g.text_column), ctx.tokenizer, g.max_len,
-                                   g.max_sequences, g.packing, g.min_doc_tokens)
+                                   g.max_sequences, g.packing, g.min_doc_tokens, g.pack_order, g.bm25_window)
         fill = sum(sequences["length"]) / (len(sequences) * g.max_len)
-        about = f"{len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {fill:.0%} filled)"
+        about = (f"{len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {g.pack_order} order, "
+                 f"{fill:.0%} filled)")
     stage.start()
     teacher = load_backbone(teacher_name, with_mlm_head=wants_mlm)
     student = build_student(student_shape(ctx), teacher, kind="mlm" if wants_mlm else "base",

@@ -107,8 +107,10 @@ class WordMasking:
                 draw = float(torch.rand((), generator=generator))
                 for pos in word:
                     labels[row, pos] = ids[pos]
-                    if draw < MASKED:
-                        corrupted[row, pos] = self.mask_id if self.mode == "whole_word" else self._similar(ids[pos], generator)
+                    if draw < MASKED and self.mode == "whole_word":
+                        corrupted[row, pos] = self.mask_id
+                    elif draw < MASKED:
+                        corrupted[row, pos] = self._similar(ids[pos], generator)
                     elif draw < MASKED + RANDOM:
                         corrupted[row, pos] = self._random(ids[pos], generator)
         return corrupted, labels

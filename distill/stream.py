@@ -69,7 +69,8 @@ def open_stream(g, tokenizer, cache_dir, seed: int) -> SequenceStream:
 
     def rows() -> Iterator[dict]:
         documents = iter_documents(g.corpus, cache_dir, g.text_column, streaming=True)
-        packed = iter_sequences(documents, tokenizer, g.max_len, g.packing, g.min_doc_tokens)
+        packed = iter_sequences(documents, tokenizer, g.max_len, g.packing, g.min_doc_tokens, g.pack_order,
+                                g.bm25_window)
         return itertools.islice(packed, g.max_sequences or None)
 
     next(iter(rows()))

@@ -42,7 +42,7 @@ def main(copies: int, mode: str, packing: str = "intra_doc") -> None:
     if mode == "streaming":
         train = SimpleNamespace(max_steps=10**9, grad_accum=1, batch_size=32)
         g = SimpleNamespace(corpus=str(corpus), text_column="text", max_len=128, packing=packing, min_doc_tokens=8,
-                            max_sequences=0, train=train)
+                            max_sequences=0, pack_order="corpus", bm25_window=4096, train=train)
         stream = open_stream(g, tokenizer, None, seed=0)
 
         class OnePass(IterableDataset):  # the stream's first pass, in its order

@@ -188,3 +188,29 @@ def test_general_fingerprint_keeps_runs_made_before_packing_existed():
     default = _general_settings(load_config(None, []).general)
     assert not {"packing", "masking", "mac_neighbours", "min_doc_tokens"} & set(default)
     assert _general_settings(load_config(None, ["general.packing=intra_doc"]).general)["packing"] == "intra_doc"
+
+
+def test_bm25_groups_related_documents_and_keeps_every_one(tokenizer):
+    """Corpus order alternates two topics; bm25 order puts each topic's documents in the same sequences."""
+    cats = [f"the cat {w} purred and the kitten chased the cat toy" for w in ("softly", "loudly", "again")]
+    ships = [f"the ship {w} sailed and the harbour crew loaded the ship cargo" for w in ("slowly", "early", "north")]
+    docs = [d for pair in zip(cats, ships) for d in pair]
+    pieces = [len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 2 for d in docs]
+    max_len = sum(pieces[0::2])  # the three cat documents fill one sequence exactly
+    by_corpus = pack_sequences(docs, tokenizer, max_len, packing="intra_doc", min_doc_tokens=1)
+    by_bm25 = pack_sequences(docs, tokenizer, max_len, packing="intra_doc", min_doc_tokens=1, pack_order="bm25")
+    topic = {tokenizer.convert_tokens_to_ids("cat"): "cat", tokenizer.convert_tokens_to_ids("ship"): "ship"}
+
+    def topics(data):
+        return [sorted({topic[t] for t in ids if t in topic}) for ids in data["input_ids"]]
+    assert topics(by_corpus)[0] == ["cat", "ship"]  # corpus order mixes them
+    assert topics(by_bm25) == [["cat"], ["ship"]]
+    assert sum(by_bm25["length"]) == sum(pieces)  # every document kept, once
+    concat = pack_sequences(docs, tokenizer, 64, min_doc_tokens=1, pack_order="bm25")
+    assert topic[[t for t in concat["input_ids"][0] if t in topic][0]] == "cat"
+    with pytest.raises(ValueError, match="pack_order 'bm25' with packing 'per_doc'"):
+        pack_sequences(docs, tokenizer, 64, packing="per_doc", pack_order="bm25")
+    from distill.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="general.pack_order.*packing=per_doc"):
+        load_config(None, ["general.packing=per_doc", "general.pack_order=bm25"])
