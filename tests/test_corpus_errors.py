@@ -93,3 +93,31 @@ def test_intra_doc_with_an_attention_that_ignores_the_mask_stops_before_training
     with pytest.raises(BlockMaskError, match="teacher's attention implementation 'test_ignore_mask' lets documents "
                                              "attend to each other; use eager or sdpa"):
         distillation.run_general(ctx)
+
+
+def _segmentation_task(folder, english=True):
+    other = {"input": "Der Hund schläft.\nDie Katze auch.\n", "target": "0 1"}
+    text = ("The cat sat on the mat.\nIt was warm.\nThe dog barked at the door.\n" if english
+            else "Le chat dort.\nIl fait chaud.\nLe chien aboie.\n")
+    examples = [other] * 1000 + [{"input": text, "target": "0 1 0"}] * 1000 + [other] * 10
+    folder.mkdir(parents=True)
+    (folder / "task.json").write_text(__import__("json").dumps({"examples": examples}))
+
+
+def test_wiki_bigbench_rebuilds_english_paragraphs_from_sentence_labels(tmp_path, monkeypatch):
+    """Examples 1000-1999 are the English block; a label 1 ends a paragraph, a last unlabelled run is one too."""
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    _segmentation_task(tmp_path / "paragraph_segmentation")
+    paragraphs = list(iter_documents("wiki_bigbench"))
+    assert paragraphs[:2] == ["The cat sat on the mat. It was warm.", "The dog barked at the door."]
+    assert len(paragraphs) == 2000
+    from distill.config import load_config
+
+    assert load_config(None, ["general.corpus=wiki_bigbench"]).general.corpus == "wiki_bigbench"
+
+
+def test_wiki_bigbench_refuses_a_block_that_is_not_english(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    _segmentation_task(tmp_path / "paragraph_segmentation", english=False)
+    with pytest.raises(CorpusError, match="do not look English"):
+        list(iter_documents("wiki_bigbench"))

@@ -82,12 +82,20 @@ class _HashingReader:
 def fetch_embedded_squad(folder: Path | None = None) -> list[Path]:
     """The two embedded SQuAD JSON files, fetched from the bigbench sdist on first use."""
     folder = Path(folder) if folder else cache_root() / "squad"
-    paths = [folder / Path(m).name for m in MEMBERS]
+    return fetch_bigbench_files(MEMBERS, folder, "first QA run", "put squaddev_v1.1.json and new_wiki_v1.0.json "
+                                f"in {folder}, or use task.name=<your SQuAD JSON>")
+
+
+def fetch_bigbench_files(members: tuple[str, ...], folder: Path, why: str, offline_fix: str) -> list[Path]:
+    """``members`` (paths under benchmark_tasks/) of the bigbench sdist, kept in ``folder`` under their
+    file names; streamed once from pip's package index and sha256-checked. ``why`` and ``offline_fix``
+    word the messages."""
+    paths = [folder / Path(m).name for m in members]
     if all(p.is_file() for p in paths):
         return paths
     index = _index_url().rstrip("/")
-    print(f"[data] first QA run: streaming the {SDIST} sdist (358 MB) from {index} once; only its two SQuAD "
-          f"JSON files are kept, in {folder}")
+    print(f"[data] {why}: streaming the {SDIST} sdist (358 MB) from {index} once; only "
+          f"{', '.join(p.name for p in paths)} kept, in {folder}")
     request = urllib.request.Request(f"{index}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
         listing = json.load(urllib.request.urlopen(request, timeout=60))
@@ -96,8 +104,7 @@ def fetch_embedded_squad(folder: Path | None = None) -> list[Path]:
             url = index.split("/simple")[0] + url
         response = urllib.request.urlopen(url, timeout=120)
     except (OSError, StopIteration, KeyError, ValueError) as err:
-        raise QADataError(f"could not fetch {SDIST} from {index} ({err}); with no network, put squaddev_v1.1.json "
-                          f"and new_wiki_v1.0.json in {folder}, or use task.name=<your SQuAD JSON>") from None
+        raise QADataError(f"could not fetch {SDIST} from {index} ({err}); with no network, {offline_fix}") from None
     folder.mkdir(parents=True, exist_ok=True)
     reader = _HashingReader(response)
     found = {}
@@ -109,7 +116,7 @@ def fetch_embedded_squad(folder: Path | None = None) -> list[Path]:
         for member in tar:
             bar.update(reader.read_bytes - last)
             last = reader.read_bytes
-            match = next((m for m in MEMBERS if member.name.endswith("benchmark_tasks/" + m)), None)
+            match = next((m for m in members if member.name.endswith("benchmark_tasks/" + m)), None)
             if match and member.isfile():
                 tmp = folder / (Path(match).name + ".part")
                 tmp.write_bytes(tar.extractfile(member).read())
@@ -117,7 +124,7 @@ def fetch_embedded_squad(folder: Path | None = None) -> list[Path]:
         while reader.read(1 << 20):  # the rest, for the checksum
             bar.update(reader.read_bytes - last)
             last = reader.read_bytes
-    if reader.sha.hexdigest() != SDIST_SHA256 or len(found) != len(MEMBERS):
+    if reader.sha.hexdigest() != SDIST_SHA256 or len(found) != len(members):
         for tmp in found.values():
             tmp.unlink(missing_ok=True)
         raise QADataError(f"{SDIST}: checksum or contents do not match the expected release; nothing was kept")
