@@ -333,3 +333,12 @@ def pack_sequences(paragraphs: Iterable[str], tokenizer: PreTrainedTokenizerBase
                                                 bm25_window), max_sequences or None))
     columns = {key: [row[key] for row in rows] for key in rows[0]}
     return Dataset.from_dict(columns)
+
+
+def first_sequence(g, tokenizer: PreTrainedTokenizerBase, cache_dir: Path | None) -> dict:
+    """The first packed row of the general corpus (``g`` = GeneralStageConfig): reading it raises for a
+    missing, empty, too-short, non-UTF-8 or column-less corpus, before anything trains."""
+    if g.corpus == "wiki":
+        cache_dir = None  # parse lazily up to the first article: building the whole cache here would take ~30 s
+    documents = iter_documents(g.corpus, cache_dir, g.text_column, streaming=g.streaming)
+    return next(iter_sequences(documents, tokenizer, g.max_len, g.packing, g.min_doc_tokens))

@@ -2,13 +2,10 @@
 layer; and the no-teacher baseline. Each is a StageRun whose artifact is a Hugging Face folder."""
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader
-from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 
 from distill.augment import augmented_train_set
 from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
@@ -18,7 +15,7 @@ from distill.evaluation import evaluate
 from distill.fingerprint import input_digests, stage_value
 from distill.layer_map import build_layer_map, describe
 from distill.losses import LOSSES
-from distill.masking import WordMasking
+from distill.masking import MLMCollator
 from distill.objectives import DistillObjective, FineTuneObjective, save_projections, with_teacher_logits
 from distill.packing import DocumentCollator, check_block_mask
 from distill.placement import placement
@@ -86,39 +83,6 @@ def task_stage_dirs(ctx: RunContext) -> list[Path]:
     """Folders of the stages before recovery whose trained projections it can start from, oldest first."""
     dirs = [general_stage(ctx).dir] if ctx.cfg.general.enabled else []
     return dirs + [intermediate_stage(ctx).dir, prediction_stage(ctx).dir]
-
-
-class MLMCollator:
-    """Dynamic masking for the DistilBERT terms: masked inputs, targets in ``mlm_labels``.
-
-    The masks are drawn from a generator seeded by (seed, the batch's token ids), never from the
-    global RNG: the data loader collates ahead of the training step, so masks drawn from the global
-    RNG would differ between a resumed run and an uninterrupted one. Batches are re-grouped every
-    epoch, so a sentence still gets new masks from epoch to epoch. ``masking``: token (BERT), or
-    whole_word / mac (``distill.masking``; mac needs the teacher's input ``embeddings``)."""
-
-    def __init__(self, tokenizer, probability: float, seed: int = 0, masking: str = "token",
-                 embeddings: torch.Tensor | None = None, neighbours: int = 5):
-        self.inner = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
-        self.tokenizer = tokenizer
-        self.seed = seed
-        self.words = None if masking == "token" else WordMasking(tokenizer, probability, masking, embeddings,
-                                                                 neighbours)
-
-    def __call__(self, features):
-        key = zlib.crc32(b"".join(np.asarray(f["input_ids"], dtype=np.int64).tobytes() for f in features))
-        seed = (self.seed * 1_000_003 + key) % 2**63
-        if self.words is not None:
-            batch = self.tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in features],
-                                       return_tensors="pt")
-            batch["input_ids"], batch["mlm_labels"] = self.words(batch["input_ids"],
-                                                                 torch.Generator().manual_seed(seed))
-            return batch
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            batch = self.inner(features)
-        batch["mlm_labels"] = batch.pop("labels")
-        return batch
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,8 +16,11 @@ All draws come from the generator passed in, never from the global RNG.
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
+from transformers import DataCollatorForLanguageModeling
 
 from distill.augment import EmbeddingNeighbours, _whole_word_ids
 
@@ -114,3 +117,36 @@ class WordMasking:
                     elif draw < MASKED + RANDOM:
                         corrupted[row, pos] = self._random(ids[pos], generator)
         return corrupted, labels
+
+
+class MLMCollator:
+    """Dynamic masking for the DistilBERT terms: masked inputs, targets in ``mlm_labels``.
+
+    The masks are drawn from a generator seeded by (seed, the batch's token ids), never from the
+    global RNG: the data loader collates ahead of the training step, so masks drawn from the global
+    RNG would differ between a resumed run and an uninterrupted one. Batches are re-grouped every
+    epoch, so a sentence still gets new masks from epoch to epoch. ``masking``: token (BERT), or
+    whole_word / mac (``distill.masking``; mac needs the teacher's input ``embeddings``)."""
+
+    def __init__(self, tokenizer, probability: float, seed: int = 0, masking: str = "token",
+                 embeddings: torch.Tensor | None = None, neighbours: int = 5):
+        self.inner = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.words = None if masking == "token" else WordMasking(tokenizer, probability, masking, embeddings,
+                                                                 neighbours)
+
+    def __call__(self, features):
+        key = zlib.crc32(b"".join(np.asarray(f["input_ids"], dtype=np.int64).tobytes() for f in features))
+        seed = (self.seed * 1_000_003 + key) % 2**63
+        if self.words is not None:
+            batch = self.tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in features],
+                                       return_tensors="pt")
+            batch["input_ids"], batch["mlm_labels"] = self.words(batch["input_ids"],
+                                                                 torch.Generator().manual_seed(seed))
+            return batch
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            batch = self.inner(features)
+        batch["mlm_labels"] = batch.pop("labels")
+        return batch

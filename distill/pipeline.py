@@ -55,6 +55,7 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
         from distill.augment import mlm_source
 
         mlm_source(ctx)
+    _check_general_corpus(cfg, ctx)
     data = ctx.data  # task data errors surface now
     check_task_losses(cfg, data.is_regression)
     data.kind.check_config(cfg)  # then what the task kind cannot do
@@ -63,6 +64,19 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
 
         data.kind.check_model_folder(finetuned_architectures(cfg.teacher.name), f"teacher.name={cfg.teacher.name}")
         _check_finetuned_labels(cfg, data.label_names)
+
+
+def _check_general_corpus(cfg: ExperimentConfig, ctx: RunContext) -> None:
+    """A general corpus that is missing, empty, too short, not UTF-8 or without its text column stops the
+    run now, not after the teacher has been fine-tuned (reads up to its first sequence)."""
+    from pathlib import Path
+
+    from distill.corpus import first_sequence
+    from distill.distillation import general_stage
+
+    g = cfg.general
+    if g.enabled and not general_stage(ctx).is_done():
+        first_sequence(g, ctx.tokenizer, Path(cfg.output_dir) / ".cache")
 
 
 def _check_vocabulary(cfg: ExperimentConfig, ctx: RunContext, teacher_cfg) -> None:

@@ -65,7 +65,7 @@ def open_stream(g, tokenizer, cache_dir, seed: int) -> SequenceStream:
     """The general stage's sequences as a stream (``g`` = GeneralStageConfig). Reads up to the first
     sequence before returning, so a missing, empty, too-short, non-UTF-8 or column-less corpus fails
     here, before any model loads."""
-    from distill.corpus import iter_documents, iter_sequences
+    from distill.corpus import first_sequence, iter_documents, iter_sequences
 
     def rows() -> Iterator[dict]:
         documents = iter_documents(g.corpus, cache_dir, g.text_column, streaming=True)
@@ -73,6 +73,6 @@ def open_stream(g, tokenizer, cache_dir, seed: int) -> SequenceStream:
                                 g.bm25_window)
         return itertools.islice(packed, g.max_sequences or None)
 
-    next(iter(rows()))
+    first_sequence(g, tokenizer, cache_dir)
     t = g.train
     return SequenceStream(rows, t.max_steps * t.grad_accum * t.batch_size, t.batch_size, seed)

@@ -121,3 +121,16 @@ def test_wiki_bigbench_refuses_a_block_that_is_not_english(tmp_path, monkeypatch
     _segmentation_task(tmp_path / "paragraph_segmentation", english=False)
     with pytest.raises(CorpusError, match="do not look English"):
         list(iter_documents("wiki_bigbench"))
+
+
+def test_preflight_checks_the_corpus_before_the_teacher_is_fine_tuned(tmp_path, task_folder, tiny_teacher_dir):
+    from distill.pipeline import preflight
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"only \xff\xfe latin bytes here in a corpus line that is long enough\n")
+    ctx = _ctx(tmp_path, path, task_folder, tiny_teacher_dir, "student.preset=custom", "student.layers=2",
+               "student.hidden=32", "student.heads=4", "student.ffn=32")
+    with pytest.raises(CorpusError, match="not UTF-8 text"):
+        preflight(ctx.cfg, ctx)
+    path.write_text("a corpus line that is long enough to make one sequence of word pieces\n")
+    preflight(ctx.cfg, ctx)
