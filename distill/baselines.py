@@ -7,7 +7,7 @@ task kind registers its own with ``@register("metric_name")``.
 Noise rule (``noise_margin``): an artifact is *within noise* of the baseline when its test score is
 below ``reference + 2 * SE``, with n the number of test examples and SE the standard error of the score
 of a model that is no better than the baseline: accuracy sqrt(p (1 - p) / n) at the baseline accuracy
-p; F1 and entity F1 the largest SE of a proportion, 0.5 / sqrt(n); MCC and Pearson their null SE,
+p; F1, entity F1 and SQuAD F1 the largest SE of a proportion, 0.5 / sqrt(n); MCC and Pearson their null SE,
 1 / sqrt(n).
 """
 from __future__ import annotations
@@ -114,6 +114,22 @@ def all_outside(data) -> Baseline:
     """Tag every token O: no entity is predicted, so entity F1 is 0 on every split."""
     return Baseline("all-O tagger", data.metric, 0.0, 0.0, "predicting O for every token finds no entity: "
                     "entity F1 is 0")
+
+
+@register("squad_f1", se=lambda p, n: 0.5 / math.sqrt(n))
+def overlap_sentence(data) -> Baseline:
+    """Extractive QA: the first k non-question words of the context sentence sharing most question words."""
+    from distill.tasks.squad_baseline import answer_length, overlap_scores
+
+    k = answer_length(data.train)
+
+    def score(split: str) -> float:
+        dataset = getattr(data, split)
+        return overlap_scores(dataset, k)["f1"] / 100.0 if len(dataset) else math.nan
+
+    return Baseline(f"overlap sentence, first {k} non-question words", data.metric, score("dev"), score("test"),
+                    "SQuAD F1 of answering with the first k words (k: median train answer length) of the context "
+                    "sentence sharing most words with the question, question words dropped")
 
 
 def task_baseline(data) -> Baseline | None:

@@ -170,6 +170,12 @@ def test_a_kind_that_contradicts_the_data_is_refused(tmp_path, task_folder):
             load_task(TaskConfig(name=str(squad), kind=kind))
     with pytest.raises(DataError, match="is question answering"):
         load_task(TaskConfig(name="squad", kind="sequence_classification"))  # refused before any fetch
+    # a classification experiment (task.type set) pointed at SQuAD JSON; with task.type/kind auto the switch is said
+    with pytest.raises(DataError, match="'task.type': task.name=.* is question answering .SQuAD. data, which has no "
+                                        "classification labels"):
+        load_task(TaskConfig(name=str(squad), type="classification"))
+    many = squad_json(tmp_path / "many.json", [f"a{i}" for i in range(10)])
+    assert "question answering, detected from the data (task.kind=auto)" in load_task(TaskConfig(name=str(many))).note
 
 
 def test_settings_question_answering_cannot_honour_are_refused():

@@ -146,3 +146,22 @@ def _rows(model, data, windows, tokenizer):
     from distill.evaluation import predict_rows
 
     return predict_rows(model, loader(data, windows, tokenizer, 5), data.kind)
+
+
+def test_transformers_question_answering_pipeline_where_it_exists(qa_model_dir, tokenizer):
+    """transformers 5 removed the "question-answering" pipeline (pipelines/__init__.py REMOVED_TASKS: "Use the
+    `text-generation` pipeline with a chat model instead"); answer_questions is the replacement. Where an installed
+    transformers still has the task, the folder must load in it and give answer_questions' answers."""
+    import transformers
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    context = "the weather was mild. the capital of france is paris, a city founded long ago."
+    model = AutoModelForQuestionAnswering.from_pretrained(qa_model_dir).eval()
+    (ours,) = answer_questions(model, tokenizer, ["what is the capital of france?"], [context])
+    assert ours and ours in context
+    if "question-answering" in SUPPORTED_TASKS:  # transformers 4.x
+        qa = transformers.pipeline("question-answering", model=str(qa_model_dir))
+        assert qa(question="what is the capital of france?", context=context)["answer"].strip() == ours.strip()
+    else:
+        with pytest.raises(KeyError, match="question-answering has been removed from transformers"):
+            transformers.pipeline("question-answering", model=str(qa_model_dir))

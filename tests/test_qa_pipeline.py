@@ -92,3 +92,15 @@ def test_a_qa_experiment_on_classification_data_stops_before_any_stage(tmp_path,
     with pytest.raises(ValueError, match="task.max_len=24 leaves 5 context tokens"):
         stages.run_distill(cfg)
     assert not (cfg.run_dir / "teacher").exists()
+
+
+def test_a_qa_teacher_that_does_not_beat_the_overlap_baseline_is_stopped(tmp_path, tiny_encoder_dir):
+    from teachers.finetune import TeacherGateError
+
+    # templated paragraphs: "What is the capital of france?" shares 4 words with "The capital of france is paris,
+    # ...", so the overlap baseline answers "paris," and scores high; a 3-step tiny teacher does not
+    cfg = _cfg(tmp_path, tiny_encoder_dir, squad_folder(tmp_path / "squad"), "teacher.gate=stop")
+    with pytest.raises(TeacherGateError, match="overlap sentence, first 1 non-question words"):
+        stages.run_task(cfg)
+    assert (cfg.run_dir / "teacher" / "DONE").is_file()
+    assert not (cfg.run_dir / "student-task").exists()

@@ -61,6 +61,9 @@ def qa_task_wanted(cfg: TaskConfig) -> bool:
     if looks and cfg.kind != "auto":
         raise DataError(f"task.name={name} is question answering (SQuAD) data but task.kind={cfg.kind}; set "
                         "task.kind=question_answering (or auto)")
+    if looks and cfg.type != "auto":
+        raise DataError(f"config key 'task.type': task.name={name} is question answering (SQuAD) data, which has no "
+                        f"{cfg.type} labels; set task.type=auto, or point task.name at text/label data")
     return looks
 
 
@@ -79,4 +82,8 @@ def load_qa_task(cfg: TaskConfig) -> TaskData:
     # question order shuffled once (seeded, within each article-level split) so caps sample many articles
     train, dev, test = (s.shuffle(seed=SPLIT_SEED).flatten_indices() for s in splits)
     # label names: the QA head's two outputs (None would mean a regression task to the stages)
-    return TaskData(source, train, dev, test, ["start", "end"], "squad_f1", kind=QuestionAnswering.from_config(cfg))
+    how = "task.kind=question_answering" if cfg.kind == KIND else "detected from the data (task.kind=auto)"
+    note = (f"extractive question answering, {how}: windows of task.max_len={cfg.max_len} tokens, "
+            f"task.doc_stride={cfg.doc_stride}")
+    return TaskData(source, train, dev, test, ["start", "end"], "squad_f1", note,
+                    kind=QuestionAnswering.from_config(cfg))
