@@ -79,3 +79,15 @@ def test_long_questions_are_cut_and_an_impossible_budget_is_a_clear_error(tokeni
     assert stats.long_questions == 1 and all(len(x) <= 96 for x in feats["input_ids"])
     with pytest.raises(QAFeatureError, match="task.doc_stride"):
         train_features(_examples(), tokenizer, max_len=64, doc_stride=60)
+
+
+def test_an_answer_longer_than_any_window_is_counted_and_warned(tokenizer):
+    stats = WindowStats()
+    train_features(_examples(), tokenizer, max_len=40, doc_stride=10, stats=stats)
+    assert stats.answer_in_no_window == 0 and "WARNING" not in stats.line("train", 40, 10)
+    long_answer = CONTEXT[CONTEXT.index("The American"):]  # two sentences: more tokens than a window's context part
+    stats = WindowStats()
+    feats = train_features(_examples(answer=long_answer), tokenizer, max_len=40, doc_stride=10, stats=stats)
+    assert set(feats["start_positions"]) == {0}  # every window points at [CLS]
+    assert stats.answer_in_no_window == 1
+    assert "WARNING 1 answers fit in no window" in stats.line("train", 40, 10)

@@ -29,13 +29,17 @@ class WindowStats:
     long_questions: int = 0  # questions cut to max_question_len tokens
     multi_window: int = 0  # contexts that needed more than one window
     answer_outside: int = 0  # training windows whose answer lies elsewhere (they point at [CLS])
+    answer_in_no_window: int = 0  # questions whose gold answer is wholly inside none of their windows
     per_question: list[int] = field(default_factory=list)
 
     def line(self, split: str, max_len: int, doc_stride: int) -> str:
         most = max(self.per_question, default=0)
         return (f"[data] {split}: {self.questions} questions -> {self.windows} windows of <= {max_len} tokens "
                 f"(doc_stride {doc_stride}); {self.multi_window} contexts need several windows (most: {most}); "
-                f"{self.long_questions} questions cut to fit")
+                f"{self.long_questions} questions cut to fit" + (
+                    f"; WARNING {self.answer_in_no_window} answers fit in no window (longer than task.doc_stride "
+                    "tokens and split by every window boundary): those questions only teach [CLS]; raise "
+                    "task.doc_stride or task.max_len" if self.answer_in_no_window else ""))
 
 
 def _cut_questions(questions: list[str], tokenizer, max_question_len: int,
@@ -128,18 +132,22 @@ def window_features(examples: dict, tokenizer, max_len: int, doc_stride: int, ma
     stats = stats if stats is not None else WindowStats()
     enc, sample, context_id = _windows(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
     starts, ends, ids, offsets_out = [], [], [], []
+    answered = set()  # questions (rows of the batch) with the answer wholly inside at least one window
     for i, offsets in enumerate(enc["offset_mapping"]):
         seq = enc.sequence_ids(i)
         if "answers" in examples:
             span = _answer_span(offsets, seq, context_id, examples["answers"][sample[i]])
             if span is None:
                 stats.answer_outside += 1
+            else:
+                answered.add(int(sample[i]))
             starts.append(span[0] if span else 0)  # [CLS]: the answer is not in this window
             ends.append(span[1] if span else 0)
         ids.append(examples["id"][sample[i]])
         offsets_out.append([list(o) if s == context_id else list(NO_OFFSET) for o, s in zip(offsets, seq)])
     out = dict(enc)
     if "answers" in examples:
+        stats.answer_in_no_window += len(set(int(x) for x in sample) - answered)
         out["start_positions"], out["end_positions"] = starts, ends
     out["offset_mapping"] = offsets_out
     out["example_id"] = ids
