@@ -95,7 +95,7 @@ class DistillObjective:
     (e.g. hard_ce on a regression head); a weighted term that cannot be computed is refused here."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, matches: list[Match], temperature: float = 1.0,
-                 kind: TaskKind | None = None):
+                 kind: TaskKind | None = None, unpad: bool = True):
         self.teacher = teacher.eval().requires_grad_(False)
         self.kind = kind  # the task kind says over which positions prediction-layer losses average
         self.skipped = [m for m in matches if m.weight == 0 and _task_mismatch(m.loss, student)]
@@ -118,8 +118,9 @@ class DistillObjective:
         # prediction-layer only: precomputed teacher logits in the batch replace the teacher's forward pass
         self.output_only = all(LOSSES[m.loss].feature in ("logits", "labels") for m in matches)
         logits_of = kind.logits if kind is not None else None  # e.g. QA: start and end stacked
-        self.student_tap = FeatureTap(student, attention=need_attention, logits_of=logits_of)
-        self.teacher_tap = FeatureTap(teacher, attention=need_attention, logits_of=logits_of)
+        # unpad: both models' token-wise linears skip padded positions (distill.unpad); losses unchanged
+        self.student_tap = FeatureTap(student, attention=need_attention, logits_of=logits_of, unpad=unpad)
+        self.teacher_tap = FeatureTap(teacher, attention=need_attention, logits_of=logits_of, unpad=unpad)
         self.relation_heads = {}
         for m in matches:
             if LOSSES[m.loss].feature in ("query_key", "value"):
