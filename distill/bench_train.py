@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 MODES = ("intermediate", "task")
-ENGINES = ("textbrewer", "ours", "ours-grouped")
+ENGINES = ("textbrewer", "ours", "ours-grouped", "ours-baseline")
 LABEL_NAMES = ["0", "1"]
 STUDENT = dict(layers=3, hidden=384, heads=12, ffn=1536)
 
@@ -182,7 +182,9 @@ def run_ours(args, grouped: bool) -> dict:
     first, last = args.warmup, args.warmup + args.steps
     # one record per step (log_every=1): its examples_per_s covers that step's fetch, forward, backward, update
     step_s = [b["input_ids"].shape[0] / h["examples_per_s"] for b, h in zip(batches[first:last], result.history[first:last])]
-    return _summary(args, "ours-grouped" if grouped else "ours", step_s, batches, clock.other_cores(first, last),
+    # accelerate fetches one batch ahead, so stamp k is taken as step k-1 starts
+    window = (first + 1, last) if last > first + 1 else (0, len(clock.wall) - 1)
+    return _summary(args, "ours-grouped" if grouped else "ours", step_s, batches, clock.other_cores(*window),
                     result.history[0]["loss"], result.history[last - 1]["loss"],
                     {"student_attention": student.config._attn_implementation})
 
@@ -290,17 +292,24 @@ def _project_root() -> Path:
 
 
 def run_engine(engine: str, args, tb: Path | None) -> dict:
-    """One timed run in a fresh interpreter; its last stdout line is the JSON summary."""
-    path = [str(_project_root())] + ([str(tb)] if engine == "textbrewer" else [])
+    """One timed run in a fresh interpreter; its last stdout line is the JSON summary.
+
+    ours-baseline: this file's "ours" worker on the engine of another checkout (--baseline-tree, e.g. an
+    older commit), for before/after figures in the same alternation."""
+    root = Path(args.baseline_tree).resolve() if engine == "ours-baseline" else _project_root()
+    path = [str(root)] + ([str(tb)] if engine == "textbrewer" else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [p for p in [os.environ.get("PYTHONPATH")] if p]),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "distill.bench_train", "--worker", engine, "--mode", args.mode,
+    worker_engine = "ours" if engine == "ours-baseline" else engine
+    cmd = [sys.executable, "-c", f"import runpy, sys; sys.path.insert(0, {str(root)!r}); "
+           f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')",
+           "--worker", worker_engine, "--mode", args.mode,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
            "--max-len", str(args.max_len), "--threads", str(args.threads), "--seed", str(args.seed)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} ({args.mode}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "engine": engine}
 
 
 def table(results: list[dict]) -> str:
@@ -324,7 +333,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=MODES + ("both",), default="both")
     parser.add_argument("--repeats", type=int, default=3, help="alternations per mode (medians over these)")
-    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
+    parser.add_argument("--engines", default=",".join(ENGINES[:3]), help="comma-separated subset of " + ",".join(ENGINES))
     parser.add_argument("--textbrewer-path", default=os.environ.get("TEXTBREWER_PATH"),
                         help="folder TextBrewer is installed in (default: $TEXTBREWER_PATH); without it, no TextBrewer")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
@@ -333,6 +342,9 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--baseline-tree", default=None,
+                        help="another checkout of this project (e.g. `git worktree add /tmp/old main~1`): adds an "
+                             "ours-baseline engine timed on that checkout's engine, for before/after figures")
     parser.add_argument("--out", default=None, help="also write every run's JSON line to this file")
     parser.add_argument("--worker", choices=ENGINES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -340,10 +352,14 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
         result = worker(args)
         print(json.dumps(result), flush=True)
         return result
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip() and e.strip() != "ours-baseline"]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         raise BenchTrainError(f"bench-train: unknown engines {unknown} (choose from {ENGINES}) or repeats/steps < 1")
+    if args.baseline_tree:
+        if not (Path(args.baseline_tree) / "distill" / "objectives.py").is_file():
+            raise BenchTrainError(f"--baseline-tree {args.baseline_tree!r} is not a checkout of this project")
+        engines.append("ours-baseline")
     tb = textbrewer_folder(args.textbrewer_path)
     if tb is None and "textbrewer" in engines:
         engines.remove("textbrewer")

@@ -67,6 +67,9 @@ class PackedRows:
     @contextmanager
     def active(self, attention_mask: torch.Tensor):
         """Pack while the model runs on a batch with this (batch, seq) mask, when padding makes it pay."""
+        if attention_mask.dim() != 2:  # a (b, s, s) document mask of packed sequences: little padding, left as is
+            yield False
+            return
         flat = attention_mask.reshape(-1)
         real = int(flat.count_nonzero())  # one host sync per forward pass
         if not self.layers or real > (1.0 - MIN_PADDING_SHARE) * flat.numel():
