@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -71,6 +72,9 @@ class Clock:
         self.wall.append(time.perf_counter())
         self.own.append(time.process_time())
         self.machine.append(machine_cpu_s()[0])
+
+    def own_cpu_s(self, first: int, last: int) -> float:
+        return self.own[last] - self.own[first]
 
     def other_cores(self, first: int, last: int) -> float:
         wall = self.wall[last] - self.wall[first]
@@ -128,11 +132,15 @@ def loss_weights(mode: str) -> dict[str, float]:
     return {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_scores_mse": 1.0}
 
 
-def _summary(args, engine: str, step_s: list[float], batches, other_cores: float, loss_first: float,
-             loss_last: float, extra: dict) -> dict:
+def _summary(args, engine: str, step_s: list[float], batches, clock: Clock, window: tuple[int, int],
+             loss_first: float, loss_last: float, extra: dict) -> dict:
     timed = batches[args.warmup:args.warmup + args.steps]
     samples = sum(b["input_ids"].shape[0] for b in timed)
+    other_cores = clock.other_cores(*window)
     return {"engine": engine, "mode": args.mode, "samples_per_s": round(samples / sum(step_s), 3),
+            # this process's CPU time per sample: less sensitive than wall time to other programs on the machine
+            "cpu_ms_per_sample": round(1000 * clock.own_cpu_s(*window) / (samples * (window[1] - window[0])
+                                                                          / len(timed)), 2),
             "median_step_s": round(statistics.median(step_s), 5), "timed_steps": len(step_s),
             "batch_size": args.batch_size, "max_len": args.max_len,
             "mean_padded_len": round(statistics.mean(b["input_ids"].shape[1] for b in timed), 2),
@@ -184,7 +192,7 @@ def run_ours(args, grouped: bool) -> dict:
     step_s = [b["input_ids"].shape[0] / h["examples_per_s"] for b, h in zip(batches[first:last], result.history[first:last])]
     # accelerate fetches one batch ahead, so stamp k is taken as step k-1 starts
     window = (first + 1, last) if last > first + 1 else (0, len(clock.wall) - 1)
-    return _summary(args, "ours-grouped" if grouped else "ours", step_s, batches, clock.other_cores(*window),
+    return _summary(args, "ours-grouped" if grouped else "ours", step_s, batches, clock, window,
                     result.history[0]["loss"], result.history[last - 1]["loss"],
                     {"student_attention": student.config._attn_implementation})
 
@@ -265,7 +273,7 @@ def run_textbrewer(args) -> dict:
             distiller.train(optimizer, batches, num_steps=len(batches), batch_postprocessor=stamp, **forward_args)
     first, last = args.warmup, args.warmup + args.steps
     step_s = np.diff(clock.wall)[first:last].tolist()
-    return _summary(args, "textbrewer", step_s, batches, clock.other_cores(first, last), losses[0], losses[last - 1],
+    return _summary(args, "textbrewer", step_s, batches, clock, (first, last), losses[0], losses[last - 1],
                     {"textbrewer": textbrewer.__version__, "student_attention": "eager"})
 
 
@@ -314,18 +322,22 @@ def run_engine(engine: str, args, tb: Path | None) -> dict:
 
 def table(results: list[dict]) -> str:
     """Medians per (mode, engine), and each engine's ratio to TextBrewer's median in the same mode."""
-    lines = ["| mode | engine | samples/s (median) | runs | other processes (CPU cores) | padded len | vs TextBrewer |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| mode | engine | samples/s (median) | runs | vs TextBrewer | CPU ms/sample (median) | CPU ratio | "
+             "other processes (CPU cores) | padded len |", "|---|---|---|---|---|---|---|---|---|"]
     for mode in dict.fromkeys(r["mode"] for r in results):
         rows = [r for r in results if r["mode"] == mode]
         medians = {e: statistics.median(r["samples_per_s"] for r in rows if r["engine"] == e)
                    for e in ENGINES if any(r["engine"] == e for r in rows)}
+        cpu = {e: statistics.median(r.get("cpu_ms_per_sample", math.nan) for r in rows if r["engine"] == e)
+               for e in medians}
         for engine, med in medians.items():
             runs = [r for r in rows if r["engine"] == engine]
             ratio = f"{med / medians['textbrewer']:.2f}x" if "textbrewer" in medians else "n/a"
+            cpu_ratio = f"{cpu['textbrewer'] / cpu[engine]:.2f}x" if "textbrewer" in cpu else "n/a"
             lines.append(f"| {mode} | {engine} | {med:.2f} | " + ", ".join(f"{r['samples_per_s']:.1f}" for r in runs)
-                         + f" | {statistics.median(r['other_procs_cpu_cores'] for r in runs):.2f} | "
-                         f"{runs[0]['mean_padded_len']:.1f} | {ratio} |")
+                         + f" | {ratio} | {cpu[engine]:.0f} | {cpu_ratio} | "
+                         f"{statistics.median(r['other_procs_cpu_cores'] for r in runs):.2f} | "
+                         f"{runs[0]['mean_padded_len']:.1f} |")
     return "\n".join(lines)
 
 

@@ -37,12 +37,13 @@ def test_textbrewer_folder_without_the_package_is_refused_before_any_run(tmp_pat
 
 
 def test_table_reports_medians_and_the_ratio_to_textbrewer():
-    runs = [{"mode": "task", "engine": e, "samples_per_s": v, "other_procs_cpu_cores": 0.0, "mean_padded_len": 50.0}
+    runs = [{"mode": "task", "engine": e, "samples_per_s": v, "cpu_ms_per_sample": 2000 / v,
+             "other_procs_cpu_cores": 0.0, "mean_padded_len": 50.0}
             for e, v in [("textbrewer", 10.0), ("ours", 16.0), ("textbrewer", 12.0), ("ours", 14.0),
-                         ("textbrewer", 11.0), ("ours", 30.0)]]
+                         ("textbrewer", 11.0), ("ours", 32.0)]]
     text = bench_train.table(runs)
-    assert "| task | textbrewer | 11.00 |" in text and "1.00x" in text
-    assert "| task | ours | 16.00 | 16.0, 14.0, 30.0 |" in text and "1.45x" in text
+    assert "| task | textbrewer | 11.00 | 10.0, 12.0, 11.0 | 1.00x | 182 | 1.00x |" in text
+    assert "| task | ours | 16.00 | 16.0, 14.0, 32.0 | 1.45x | 125 | 1.45x |" in text
 
 
 def test_our_engine_worker_times_real_steps_on_the_embedded_assets():
