@@ -334,6 +334,7 @@ def table(results: list[dict]) -> str:
             runs = [r for r in rows if r["engine"] == engine]
             ratio = f"{med / medians['textbrewer']:.2f}x" if "textbrewer" in medians else "n/a"
             cpu_ratio = f"{cpu['textbrewer'] / cpu[engine]:.2f}x" if "textbrewer" in cpu else "n/a"
+            cpu_ratio = "n/a" if "nan" in cpu_ratio else cpu_ratio  # runs without the CPU figure
             lines.append(f"| {mode} | {engine} | {med:.2f} | " + ", ".join(f"{r['samples_per_s']:.1f}" for r in runs)
                          + f" | {ratio} | {cpu[engine]:.0f} | {cpu_ratio} | "
                          f"{statistics.median(r['other_procs_cpu_cores'] for r in runs):.2f} | "
