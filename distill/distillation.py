@@ -324,7 +324,7 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
         return with_teacher_logits(teacher, dataset, lambda d: ctx.loader("train", 128, dataset=d), place,
                                    kind=objective.kind)
 
-    return logit_cache.reuse_or_compute(ctx.run_dir, key, train_set, compute)  # also across stages (2b, recovery)
+    return logit_cache.reuse_or_compute(getattr(ctx, "run_dir", None), key, train_set, compute)  # across stages too
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:

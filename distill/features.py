@@ -62,9 +62,10 @@ def num_heads(block: nn.Module) -> int:
 class FeatureTap:
     """Runs a model and returns its Features; hooks record q/k/v when ``attention`` is True."""
 
-    def __init__(self, model: nn.Module, attention: bool, logits_of=None, unpad: bool = True):
+    def __init__(self, model: nn.Module, attention: bool, logits_of=None, unpad: bool = False):
         """``logits_of(output)``: the logits from the model's output (the task kind's; default ``.logits``).
-        ``unpad``: token-wise linears skip padded positions (distill.unpad; same values at real tokens)."""
+        ``unpad``: token-wise linears skip padded positions (distill.unpad): the same values at real tokens,
+        zeros in q/k/v at padded ones (what a masked loss never reads), so off unless the caller masks."""
         self.model = model
         self.attention = attention
         self.logits_of = logits_of

@@ -33,12 +33,12 @@ def cache_key(teacher_dir: Path | str, dataset, device_type: str, dtype, kind_na
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
 
-def reuse_or_compute(run_dir: Path, key: str | None, dataset, compute: Callable):
+def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Callable):
     """``dataset`` with its ``teacher_logits`` column: read from the run's cache when ``key`` is there,
     else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed)."""
     from datasets import load_from_disk
 
-    if key is None:
+    if key is None or run_dir is None:
         return compute(dataset)
     folder = Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
     if folder.is_dir():
