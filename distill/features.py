@@ -6,10 +6,13 @@ pruned layers with their own head counts work unchanged.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from distill.unpad import PackedRows
 
 
 @dataclass
@@ -59,14 +62,17 @@ def num_heads(block: nn.Module) -> int:
 class FeatureTap:
     """Runs a model and returns its Features; hooks record q/k/v when ``attention`` is True."""
 
-    def __init__(self, model: nn.Module, attention: bool, logits_of=None):
-        """``logits_of(output)``: the logits from the model's output (the task kind's; default ``.logits``)."""
+    def __init__(self, model: nn.Module, attention: bool, logits_of=None, unpad: bool = False):
+        """``logits_of(output)``: the logits from the model's output (the task kind's; default ``.logits``).
+        ``unpad``: token-wise linears skip padded positions (distill.unpad): the same values at real tokens,
+        zeros in q/k/v at padded ones (what a masked loss never reads), so off unless the caller masks."""
         self.model = model
         self.attention = attention
         self.logits_of = logits_of
         self._store: dict[tuple[int, str], torch.Tensor] = {}
         self._handles = []
         self.blocks = attention_blocks(model)
+        self.packer = PackedRows(model) if unpad else None
         if attention:
             for i, block in enumerate(self.blocks):
                 for name in ("query", "key", "value"):
@@ -80,10 +86,12 @@ class FeatureTap:
     def __call__(self, inputs: dict[str, torch.Tensor], runner: nn.Module | None = None) -> Features:
         """``runner`` (e.g. a DDP-wrapped module around the model) is called instead of the model."""
         self._store.clear()
-        if runner is not None:
-            out = runner(**inputs)
-        else:
-            out = self.model(**inputs, output_hidden_states=True, return_dict=True)
+        mask = inputs.get("attention_mask")
+        with self.packer.active(mask) if self.packer is not None and mask is not None else nullcontext():
+            if runner is not None:
+                out = runner(**inputs)
+            else:
+                out = self.model(**inputs, output_hidden_states=True, return_dict=True)
         attention = []
         if self.attention:
             attention = [LayerAttention(self._store[(i, "query")], self._store[(i, "key")],
@@ -95,6 +103,8 @@ class FeatureTap:
         return Features(hidden=tuple(hidden), attention=attention, logits=logits)
 
     def remove(self) -> None:
+        if self.packer is not None:
+            self.packer.remove()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -73,9 +73,11 @@ def attention_scores_mse(student: torch.Tensor, teacher: torch.Tensor, mask: tor
     if student.shape != teacher.shape:
         raise ValueError(f"attention_scores_mse needs equal shapes (same head count), got "
                          f"student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}; use attention_kl")
-    pairs = _pairs(mask)[:, None].expand_as(student)  # (b, H, s, s)
-    diff = (student.float() - teacher.float()) ** 2 * pairs
-    return diff.sum() / pairs.sum().clamp_min(1.0)
+    pairs = _pairs(mask)  # (b, s, s)
+    diff = (student.float() - teacher.float()) ** 2  # (b, H, s, s)
+    # sum over the counted (query, key) pairs without materialising a (b, H, s, s) pair mask
+    total = torch.einsum("bhqk,bqk->", diff, pairs)
+    return total / (student.shape[1] * pairs.sum()).clamp_min(1.0)
 
 
 def _relation_log_probs(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:

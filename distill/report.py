@@ -17,17 +17,52 @@ from distill.tracking import read_metrics  # noqa: E402
 STAGES = ("teacher", "student-general", "student-intermediate", "student-task", "student-pruned", "student-baseline")
 
 
+INT8_PAYS = 1.1  # INT8 "pays" when it is at least this many times faster than fp32-fused
+
+
 def _table(rows: list[dict], teacher: dict | None) -> list[str]:
+    """One line per artifact. 'speed-up' is against the PyTorch teacher (runtime and distillation together);
+    'same runtime' against the teacher exported to that artifact's runtime (what distillation alone buys)."""
     head = ("| artifact | runtime | test score | vs teacher | p50 ms (b1, s128) | p95 ms | p50 ms (real lengths) | "
-            "ex/s (b32, s128) | ex/s (b32, real) | speed-up | size MB | params | GFLOPs@128 |")
-    lines = [head, "|" + "---|" * 13]
+            "ex/s (b32, s128) | ex/s (b32, real) | speed-up | same runtime | size MB | params | GFLOPs@128 |")
+    lines = [head, "|" + "---|" * 14]
+    teachers = {r["runtime"]: r for r in rows if r["name"] == "teacher"}
     for r in rows:
         rel = f"{r['score'] / teacher['score']:.1%}" if teacher and teacher["score"] else ""
         speed = f"{teacher['p50_ms'] / r['p50_ms']:.1f}x" if teacher else ""
+        same = teachers.get(r["runtime"])
+        same_speed = f"{same['p50_ms'] / r['p50_ms']:.1f}x" if same and r["name"] != "teacher" else ""
         lines.append(f"| {r['name']} | {r['runtime']} | {r['score']:.4f} | {rel} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p50_ms_real']:.1f} | {r['throughput_b32']:.0f} | {r['throughput_b32_real']:.0f} | {speed} | "
-                     f"{r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} |")
+                     f"{same_speed} | {r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} |")
     return lines
+
+
+def runtime_notes(rows: list[dict]) -> list[str]:
+    """Sentences read off the measured rows: what the runtime alone buys, and whether INT8 pays here."""
+    by = {(r["name"], r["runtime"]): r for r in rows}
+    notes = []
+    pt, ort_fp32 = by.get(("teacher", "pytorch-fp32")), by.get(("teacher", "onnxruntime-fp32-fused"))
+    if pt and ort_fp32:
+        notes.append(f"Runtime alone: the teacher in ONNX Runtime (fp32, fused) takes {ort_fp32['p50_ms']:.1f} ms "
+                     f"against {pt['p50_ms']:.1f} ms in PyTorch ({pt['p50_ms'] / ort_fp32['p50_ms']:.1f}x, batch 1); "
+                     "the 'same runtime' column is what distillation buys on top of that.")
+    pairs = [(name, fused, by[(name, "onnxruntime-int8-dynamic")]) for (name, runtime), fused in by.items()
+             if runtime == "onnxruntime-fp32-fused" and (name, "onnxruntime-int8-dynamic") in by]
+    if pairs:
+        figures = "; ".join(f"{name} {q['p50_ms']:.1f} vs {f['p50_ms']:.1f} ms at batch 1, "
+                            f"{q['throughput_b32']:.0f} vs {f['throughput_b32']:.0f} ex/s at batch 32"
+                            for name, f, q in pairs)
+        pays = [name for name, f, q in pairs if f["p50_ms"] / q["p50_ms"] >= INT8_PAYS
+                or q["throughput_b32"] / f["throughput_b32"] >= INT8_PAYS]
+        if pays:
+            notes.append(f"INT8 dynamic pays on this machine for {', '.join(pays)} (at least {INT8_PAYS:g}x faster "
+                         f"than fp32 fused); INT8 vs fp32 fused: {figures}.")
+        else:
+            notes.append(f"INT8 dynamic does not pay on this machine (less than {INT8_PAYS:g}x faster than fp32 fused "
+                         f"for every model; CPUs without VNNI/AMX gain little from INT8 matmuls): {figures}. "
+                         "Keep it for its size, or for a CPU or GPU with INT8 units.")
+    return notes
 
 
 def pareto_plot(rows: list[dict], path: Path) -> None:
@@ -118,6 +153,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     losses = run_dir / "losses.png"
     has_losses = loss_plot(run_dir, losses)
     table = _table(rows, teacher)
+    extra = [*runtime_notes(rows), *extra]
     md = ["# Distillation report", "", f"Run: `{run_dir}`", "", "## Artifacts (measured side by side in one process)",
           "", *table, "", *extra, "", "![pareto](pareto.png)", ""]
     if has_losses:

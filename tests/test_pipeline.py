@@ -65,6 +65,9 @@ def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, tas
     assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
     assert (run / "report.md").is_file() and (run / "report.html").is_file()
     assert "student-pruned" in (run / "report.md").read_text()
+    rows = {(r["name"], r["runtime"]) for r in json.loads((run / "bench.json").read_text())}
+    assert {("teacher", "onnxruntime-fp32-fused"), ("teacher", "onnxruntime-int8-dynamic")} <= rows  # runtime rows
+    assert "Runtime alone: the teacher in ONNX Runtime" in (run / "report.md").read_text()
     changed = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.teacher=task", "student.init=teacher",
                    "student.hidden=32", "export.formats=[fp32, int8-dynamic]", "export.check_examples=8",
                    "bench.repeats=5", "bench.test_examples=8", "task_distill.temperature=3")

@@ -1,0 +1,52 @@
+"""Teacher logits kept on disk in the run folder, so stages that train on the same data reuse them.
+
+Task distillation (2b) and pruning recovery both distil from the fine-tuned teacher's logits; when they
+train on the same examples, recovery reads what 2b computed instead of running the teacher again (also
+when the stages run in separate commands). The key covers everything the logits depend on: the teacher's
+folder and weight files (path, size, modification time), the dataset's content fingerprint and length,
+the device type and autocast precision, and the task kind. Any change is a new key, so a stale entry is
+never read; an unkeyable dataset (no fingerprint) is simply not cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+CACHE_DIR = "cache"
+
+
+def _weights_stamp(folder: Path) -> list:
+    files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def cache_key(teacher_dir: Path | str, dataset, device_type: str, dtype, kind_name: str) -> str | None:
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    folder = Path(teacher_dir)
+    if not fingerprint or not folder.is_dir():
+        return None
+    payload = [str(folder.resolve()), _weights_stamp(folder), fingerprint, len(dataset), device_type, str(dtype),
+               kind_name]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
+
+
+def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Callable):
+    """``dataset`` with its ``teacher_logits`` column: read from the run's cache when ``key`` is there,
+    else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed)."""
+    from datasets import load_from_disk
+
+    if key is None or run_dir is None:
+        return compute(dataset)
+    folder = Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
+    if folder.is_dir():
+        print(f"[teacher] logits for {len(dataset)} training examples reused from {folder}")
+        return dataset.add_column("teacher_logits", load_from_disk(str(folder))["teacher_logits"])
+    out = compute(dataset)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+    tmp.rename(folder)
+    return out
