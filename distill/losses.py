@@ -156,8 +156,10 @@ def hard_ce(student: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | No
     """Cross-entropy of student logits (b, C) against gold class ids (b,), or per token: logits (b, s, C)
     against tags (b, s) where -100 marks positions without a word tag (averaged over the others)."""
     if student.dim() == 3:
-        return F.cross_entropy(student.float().reshape(-1, student.shape[-1]), labels.reshape(-1).long(),
-                               ignore_index=-100)
+        flat = labels.reshape(-1).long()
+        ce = F.cross_entropy(student.float().reshape(-1, student.shape[-1]), flat, ignore_index=-100,
+                             reduction="sum")
+        return ce / (flat != -100).sum().clamp_min(1)  # 0, not NaN, for a batch with no word positions
     return F.cross_entropy(student.float(), labels.long())
 
 

@@ -115,3 +115,13 @@ def test_collator_pads_labels_and_variable_length_teacher_logits(tokenizer):
     assert batch["teacher_logits"].shape == (2, 5, 2)
     assert batch["teacher_logits"][0, 3:].abs().sum() == 0 and batch["teacher_logits"][1].eq(2.0).all()
     assert batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_per_token_hard_ce_is_zero_not_nan_when_no_position_has_a_tag():
+    # a batch whose sentences kept no word (all pieces cut or empty) must not stop the run as "not finite"
+    from distill.losses import hard_ce
+
+    loss = hard_ce(torch.randn(2, 3, 4), torch.full((2, 3), -100))
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    logits, tags = torch.randn(1, 3, 4), torch.tensor([[-100, 2, 1]])
+    assert torch.allclose(hard_ce(logits, tags), torch.nn.functional.cross_entropy(logits[0, 1:], tags[0, 1:]))

@@ -134,3 +134,20 @@ def test_example_caps_apply_to_token_tasks(tmp_path):
     data = load_task(TaskConfig(name=str(folder(tmp_path)), max_train_examples=2, max_eval_examples=1))
     assert (len(data.train), len(data.dev), len(data.test)) == (2, 1, 1)
     assert "entity F1" in data.note
+
+
+def test_a_json_array_of_tokens_and_tags_is_token_data(tmp_path):
+    # .json (an array of records, or JSON lines) is read like .jsonl, never refused as sentence data
+    rows = [{"tokens": t, "tags": g} for t, g in TRAIN * 4]
+    array = tmp_path / "ner.json"
+    array.write_text(json.dumps(rows))
+    lines = tmp_path / "lines.json"
+    lines.write_text("\n".join(json.dumps(r) for r in rows))
+    for path in (array, lines):
+        data = load_task(TaskConfig(name=str(path), kind="token_classification"))
+        assert data.kind is TOKEN_CLASSIFICATION and len(data.train) == 9
+    pretty = tmp_path / "squad.json"  # a pretty-printed JSON object is not token data, and not a crash
+    pretty.write_text(json.dumps({"version": "1.1", "data": []}, indent=2))
+    from distill.tasks.ner_data import _looks_like_tokens
+
+    assert not _looks_like_tokens(pretty)

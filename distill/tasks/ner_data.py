@@ -102,7 +102,7 @@ def read_table(path: Path) -> Sentences:
         return from_dataset(load_dataset("parquet", data_files=str(path), split="train"), str(path))
     rows = []
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):  # JSON lines, whatever the suffix
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
         rows = json.loads(text)
@@ -294,9 +294,17 @@ def _looks_like_tokens(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in CONLL_SUFFIXES:
         return True
-    if suffix == ".jsonl":
-        first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "{}")
-        return "tokens" in json.loads(first)
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):  # a .json array of records
+            records = json.loads(text)
+            return bool(records) and isinstance(records[0], dict) and "tokens" in records[0]
+        first = next((line for line in text.splitlines() if line.strip()), "{}")
+        try:
+            record = json.loads(first)
+        except json.JSONDecodeError:  # e.g. a pretty-printed SQuAD file: not token data
+            return False
+        return isinstance(record, dict) and "tokens" in record
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
