@@ -62,3 +62,15 @@ def task_folder(tmp_path):
     frame.iloc[40:50].to_csv(tmp_path / "dev.csv", index=False)
     frame.iloc[50:].to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tokenizer):
+    """A tiny pretrained-style encoder with no task head: the teacher the NER and QA pipeline tests fine-tune."""
+    from transformers import BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    torch.manual_seed(0)
+    BertModel(tiny_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForTokenClassification, BertModel, pipeline
+from transformers import AutoModelForTokenClassification, pipeline
 
 from distill import pipeline as stages
 from distill.config import load_config
@@ -44,17 +43,6 @@ def conll_folder(tmp_path):
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_ner_teacher_dir(tmp_path_factory, tokenizer):
-    from tests.conftest import tiny_config
-
-    folder = tmp_path_factory.mktemp("tiny_ner_teacher")
-    torch.manual_seed(0)
-    BertModel(tiny_config()).save_pretrained(folder)  # a pretrained encoder, no task head yet
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _cfg(tmp_path, teacher, task, *extra):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"john smith went to paris on day {i} to meet reuters." for i in range(100)))
@@ -71,8 +59,8 @@ def _cfg(tmp_path, teacher, task, *extra):
     return load_config(None, overrides + list(extra))
 
 
-def test_ner_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_ner_teacher_dir, conll_folder):
-    cfg = _cfg(tmp_path, tiny_ner_teacher_dir, conll_folder)
+def test_ner_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir, conll_folder):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, conll_folder)
     stages.run_distill(cfg)
     run = cfg.run_dir
     for stage in ("teacher", "student-general", "student-intermediate", "student-task", "student-pruned", "export"):
@@ -108,11 +96,11 @@ def test_a_sentence_classifier_teacher_is_refused_for_ner_data(tmp_path, tiny_te
         stages.run_teacher(cfg)
 
 
-def test_settings_a_token_task_cannot_honour_stop_before_training(tmp_path, tiny_ner_teacher_dir, conll_folder):
-    cfg = _cfg(tmp_path, tiny_ner_teacher_dir, conll_folder, "task_distill.augment.enabled=true")
+def test_settings_a_token_task_cannot_honour_stop_before_training(tmp_path, tiny_encoder_dir, conll_folder):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, conll_folder, "task_distill.augment.enabled=true")
     with pytest.raises(ValueError, match="augment.enabled': TinyBERT word replacement"):
         stages.run_distill(cfg)
-    cfg = _cfg(tmp_path, tiny_ner_teacher_dir, conll_folder, "task_distill.prediction_losses={logits_mse: 1.0}")
+    cfg = _cfg(tmp_path, tiny_encoder_dir, conll_folder, "task_distill.prediction_losses={logits_mse: 1.0}")
     with pytest.raises(ValueError, match="logits_mse': a regression loss on a token classification task"):
         stages.run_distill(cfg)
     assert not (cfg.run_dir / "teacher").exists()

@@ -3,24 +3,12 @@ run is `make distill EXP=experiments/squad_minilm.yaml`)."""
 import json
 
 import pytest
-import torch
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertModel
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from distill import pipeline as stages
 from distill.config import load_config
 from distill.tasks.question_answering import answer_questions
 from tests.qa_data import squad_folder
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory, tokenizer):
-    from tests.conftest import tiny_config
-
-    folder = tmp_path_factory.mktemp("tiny_qa_teacher")
-    torch.manual_seed(0)
-    BertModel(tiny_config()).save_pretrained(folder)  # a pretrained encoder, no task head yet
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _cfg(tmp_path, teacher, task, *extra):
