@@ -6,7 +6,7 @@ Threads are fixed (torch and ONNX Runtime alike) and every model is warmed up be
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class BenchRow:
     size_mb: float
     params: int
     flops_128: int
+    metrics: dict = field(default_factory=dict)  # every test metric of the task (QA: exact_match and f1)
 
 
 def folder_size_mb(path: Path) -> float:
@@ -101,7 +102,8 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
     start = time.perf_counter()
     logits = [runner(b) for b in test_batches]
     real_throughput = sum(len(out) for out in logits) / (time.perf_counter() - start)
-    score = score_batches(task, logits, labels, [b["attention_mask"] for b in test_batches])["score"]
+    scores = score_batches(task, logits, labels, [b["attention_mask"] for b in test_batches])
+    score = scores["score"]
     b1 = _time(runner, [synthetic(1, 128, vocab_size)], repeats, warmup=5)
     real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5)
     b32 = _time(runner, [synthetic(32, 128, vocab_size)], max(3, repeats // 10), warmup=1)
@@ -109,7 +111,8 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
     return BenchRow(name, runner.runtime, score, metric, float(np.percentile(b1, 50)), float(np.percentile(b1, 95)),
                     float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)), real_throughput,
                     folder_size_mb(Path(path) if Path(path).suffix == ".onnx" else Path(path)),
-                    sum(p.numel() for p in source.parameters()), encoder_flops(source, 128))
+                    sum(p.numel() for p in source.parameters()), encoder_flops(source, 128),
+                    {k: float(v) for k, v in scores.items() if k != "score"})
 
 
 

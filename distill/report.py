@@ -20,19 +20,29 @@ STAGES = ("teacher", "student-general", "student-intermediate", "student-task", 
 INT8_PAYS = 1.1  # INT8 "pays" when it is at least this many times faster than fp32-fused
 
 
+def _other_metrics(row: dict) -> str:
+    """The row's test metrics other than its score, e.g. 'exact_match 0.1950' for QA ('' when none)."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(row.get("metrics", {}).items())
+                     if row["score"] is None or abs(v - row["score"]) > 1e-12)
+
+
 def _table(rows: list[dict], teacher: dict | None) -> list[str]:
     """One line per artifact. 'speed-up' is against the PyTorch teacher (runtime and distillation together);
     'same runtime' against the teacher exported to that artifact's runtime (what distillation alone buys)."""
-    head = ("| artifact | runtime | test score | vs teacher | p50 ms (b1, s128) | p95 ms | p50 ms (real lengths) | "
+    others = [_other_metrics(r) for r in rows]
+    extra = any(others)  # a column for the task's other test metrics (QA: exact match beside F1)
+    head = ("| artifact | runtime | test score | " + ("other test metrics | " if extra else "") + "vs teacher | "
+            "p50 ms (b1, s128) | p95 ms | p50 ms (real lengths) | "
             "ex/s (b32, s128) | ex/s (b32, real) | speed-up | same runtime | size MB | params | GFLOPs@128 |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * (14 + extra)]
     teachers = {r["runtime"]: r for r in rows if r["name"] == "teacher"}
-    for r in rows:
+    for r, other in zip(rows, others):
         rel = f"{r['score'] / teacher['score']:.1%}" if teacher and teacher["score"] else ""
         speed = f"{teacher['p50_ms'] / r['p50_ms']:.1f}x" if teacher else ""
         same = teachers.get(r["runtime"])
         same_speed = f"{same['p50_ms'] / r['p50_ms']:.1f}x" if same and r["name"] != "teacher" else ""
-        lines.append(f"| {r['name']} | {r['runtime']} | {r['score']:.4f} | {rel} | {r['p50_ms']:.1f} | "
+        lines.append(f"| {r['name']} | {r['runtime']} | {r['score']:.4f} | " + (f"{other} | " if extra else "")
+                     + f"{rel} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p50_ms_real']:.1f} | {r['throughput_b32']:.0f} | {r['throughput_b32_real']:.0f} | {speed} | "
                      f"{same_speed} | {r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} |")
     return lines

@@ -50,6 +50,11 @@ def test_qa_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir):
     torch_f1 = by_runtime[("student-task", "pytorch-fp32")]["score"]
     assert by_runtime[("student-task", "onnxruntime-fp32")]["score"] == pytest.approx(torch_f1, abs=1e-6)
     assert by_runtime[("student-task", "pytorch-fp32")]["metric"] == "squad_f1"
+    # every ONNX row carries exact match beside F1, computed from its own outputs
+    onnx_em = by_runtime[("student-task", "onnxruntime-fp32")]["metrics"]
+    assert onnx_em["exact_match"] == pytest.approx(by_runtime[("student-task", "pytorch-fp32")]["metrics"]["exact_match"])
+    assert onnx_em["f1"] == pytest.approx(torch_f1, abs=1e-6)
+    assert "exact_match" in (run / "report.md").read_text()
     # the pruned student reloads with transformers alone (after `import students`) and answers questions
     folder = run / "student-pruned" / "model"
     model = AutoModelForQuestionAnswering.from_pretrained(folder)

@@ -47,3 +47,15 @@ def test_teacher_formats_are_checked_and_skipped_when_the_teacher_ships():
         ExportConfig(teacher_formats=["int4"]).validate("export")
     assert teacher_baseline_formats(ExportConfig()) == ["fp32-fused", "int8-dynamic"]
     assert teacher_baseline_formats(ExportConfig(models=["teacher", "student-task"])) == []
+
+
+def test_exact_match_gets_its_own_column_and_a_duplicate_of_the_score_does_not():
+    qa = [dict(_row("teacher", "pytorch-fp32", 20.0), score=0.33, metrics={"exact_match": 0.195, "f1": 0.33}),
+          dict(_row("student-task", "onnxruntime-int8-dynamic", 2.0), score=0.31,
+               metrics={"exact_match": 0.18, "f1": 0.31})]
+    table = _table(qa, qa[0])
+    assert "other test metrics" in table[0] and table[1].count("---") == len(table[0].strip("|").split("|"))
+    student = [c.strip() for c in table[3].strip("|").split("|")]
+    assert student[3] == "exact_match 0.1800" and student[4] == "93.9%"
+    plain = _table(ROWS, ROWS[0])  # sentence tasks: no extra column
+    assert "other test metrics" not in plain[0]
