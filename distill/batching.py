@@ -69,7 +69,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool,
                 seed: int = 0, num_workers: int = 0, collator=None) -> DataLoader:
     """DataLoader over a tokenized dataset; pads each batch to its own longest sequence."""
-    keep = [c for c in dataset.column_names if c in MODEL_COLUMNS or c in ("special_tokens_mask", "doc_ids")]
+    extra = ("special_tokens_mask", "doc_ids", "example_id")  # example_id: distill.feature_cache
+    keep = [c for c in dataset.column_names if c in MODEL_COLUMNS or c in extra]
     data = dataset.with_format("torch", columns=keep)
     sampler = LengthGroupedBatchSampler(dataset["length"], batch_size, shuffle, seed)
     collator = collator or DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)

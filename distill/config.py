@@ -237,9 +237,15 @@ class TaskStageConfig:
     prediction: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=3e-5))
     temperature: float = 1.0  # softmax temperature of the soft cross-entropy (TinyBERT used 1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # 2a: the teacher's features are computed once into the run folder (float16, memory-mapped) and read
+    # every epoch instead of running the teacher; used only when 2a makes >= 2 passes and the cache fits
+    feature_cache: bool = True
+    feature_cache_max_gb: float = 20.0  # skip the cache (the teacher runs every step) above this estimated size
 
     def validate(self, prefix: str) -> None:
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        _check(self.feature_cache_max_gb > 0, f"{prefix}.feature_cache_max_gb",
+               "must be > 0 (set feature_cache=false to turn the cache off)")
         _check_layer_map(self.layer_map, self.layer_map_list, prefix)
         # {} skips stage 2a (the student enters 2b as it is); a dict of zero weights is a mistake
         _check_losses(self.intermediate_losses, f"{prefix}.intermediate_losses", trains=bool(self.intermediate_losses),

@@ -11,6 +11,7 @@ from distill.augment import augmented_train_set
 from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
 from distill.context import RunContext
 from distill.corpus import MIN_WIKI_WORDS, load_paragraphs, pack_sequences
+from distill import feature_cache
 from distill.evaluation import evaluate
 from distill.fingerprint import input_digests, stage_value
 from distill.layer_map import build_layer_map, describe
@@ -268,6 +269,7 @@ def run_intermediate(ctx: RunContext) -> Path:
     stage.start()
     print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n"
           f"{describe(objective.matches)}")
+    train_set = feature_cache.prepare(ctx, objective, teacher_dir, train_set)  # when >= 2 epochs and it fits
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
                    stage.dir, save_model=_distill_saver(ctx), tracker=tracker, seed=cfg.seed, desc="2a intermediate")

@@ -18,7 +18,7 @@ from typing import Callable
 CACHE_DIR = "cache"
 
 
-def _weights_stamp(folder: Path) -> list:
+def weights_stamp(folder: Path) -> list:
     files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
@@ -28,7 +28,7 @@ def cache_key(teacher_dir: Path | str, dataset, device_type: str, dtype, kind_na
     folder = Path(teacher_dir)
     if not fingerprint or not folder.is_dir():
         return None
-    payload = [str(folder.resolve()), _weights_stamp(folder), fingerprint, len(dataset), device_type, str(dtype),
+    payload = [str(folder.resolve()), weights_stamp(folder), fingerprint, len(dataset), device_type, str(dtype),
                kind_name]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 

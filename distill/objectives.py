@@ -122,6 +122,8 @@ class DistillObjective:
         # unpad: both models' token-wise linears skip padded positions (distill.unpad); losses unchanged
         self.student_tap = FeatureTap(student, attention=need_attention, logits_of=logits_of, unpad=unpad)
         self.teacher_tap = FeatureTap(teacher, attention=need_attention, logits_of=logits_of, unpad=unpad)
+        self.feature_cache = None  # distill.feature_cache: the teacher's features read from disk instead
+        self._uncached: frozenset[Match] = frozenset()
         self.relation_heads = {}
         for m in matches:
             if LOSSES[m.loss].feature in ("query_key", "value"):
@@ -167,6 +169,18 @@ class DistillObjective:
                 loaded.append(name)
         return sorted(loaded)
 
+    def use_feature_cache(self, cache) -> list[Match]:
+        """Read the teacher's features from ``cache`` (a distill.feature_cache.FeatureCache) for batches
+        that carry example ids; returns the zero-weight matches it cannot serve (left out while it is used)."""
+        from distill.feature_cache import covers
+
+        uncached = [m for m in self.matches if not covers(cache.layout, m)]
+        if any(m.weight > 0 for m in uncached):
+            raise ValueError(f"the teacher feature cache {cache.folder} lacks features of weighted terms "
+                             f"{sorted({m.loss for m in uncached if m.weight > 0})}")
+        self.feature_cache, self._uncached = cache, frozenset(uncached)
+        return uncached
+
     def to(self, device: torch.device) -> "DistillObjective":
         self.teacher.to(device)
         self.trainable.to(device)
@@ -199,8 +213,11 @@ class DistillObjective:
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = to_model_inputs(batch)
         mask = batch["attention_mask"]
+        cached = self.feature_cache is not None and "example_id" in batch
         if self.output_only and "teacher_logits" in batch:
             t = Features(hidden=(), logits=batch["teacher_logits"])
+        elif cached:
+            t = self.feature_cache.features(batch)
         else:
             with torch.no_grad():
                 t = self.teacher_tap(inputs)
@@ -208,6 +225,8 @@ class DistillObjective:
         total = torch.zeros((), device=mask.device)
         values: list[tuple[Match, torch.Tensor]] = []
         for m in self.matches:
+            if cached and m in self._uncached:
+                continue
             spec = LOSSES[m.loss]
             student, teacher = self._pair(m, s, t, batch)
             loss_mask = mask

@@ -1,0 +1,231 @@
+"""Stage 2a's teacher feature cache: the same losses as the teacher's own features up to float16 rounding,
+never a stale cache, and off (with one line) when it cannot pay or fit."""
+import os
+from copy import deepcopy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertForSequenceClassification
+
+from distill import feature_cache
+from distill.batching import make_loader, tokenize
+from distill.config import ConfigError, ExperimentConfig, load_config
+from distill.layer_map import build_layer_map
+from distill.objectives import DistillObjective
+from teachers.finetune import load_finetuned
+from tests.conftest import tiny_config
+
+TEXTS = ["a good film", "bad", "the worst thing ever made by anyone anywhere", "fine enough",
+         "an utterly wonderful and moving story of two old friends", "meh", "not my cup of tea at all",
+         "it was ok i guess", "brilliant", "a dull , lifeless remake", "two thumbs up for the cast", "why"]
+TINYBERT = {"embedding_mse": 1.0, "attention_scores_mse": 1.0, "hidden_mse": 1.0}
+# MiniLM terms read queries, keys and values; the zero-weight terms are logged when their features are stored
+MINILM = {"attention_kl": 1.0, "value_relation_kl": 0.5, "hidden_mse": 1.0, "hidden_cosine": 0.0, "soft_ce": 0.0}
+# float16 keeps 11 significant bits: features within 2^-11 relative, so MSE-type terms within about 1e-3
+RTOL = 2e-3
+
+
+def _train_set(tokenizer, texts=TEXTS):
+    return tokenize(Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(len(texts))]}), tokenizer, 32)
+
+
+def _ctx(run_dir, tokenizer, epochs=2.0, **task_distill):
+    cfg = ExperimentConfig()
+    cfg.task_distill.intermediate.epochs = epochs
+    cfg.task_distill.intermediate.batch_size = 4
+    cfg.task_distill.intermediate.mixed_precision = "no"
+    for key, value in task_distill.items():
+        setattr(cfg.task_distill, key, value)
+
+    def loader(split, batch_size, shuffle=False, dataset=None, collator=None):
+        return make_loader(dataset, tokenizer, batch_size, shuffle, seed=0)
+    return SimpleNamespace(cfg=cfg, run_dir=run_dir, loader=loader)
+
+
+def _objective(teacher_dir, losses, layer_map="uniform", layer_map_list=()):
+    teacher = load_finetuned(teacher_dir)
+    torch.manual_seed(1)
+    student = BertForSequenceClassification(tiny_config(hidden_size=16, num_hidden_layers=2, intermediate_size=32))
+    matches = build_layer_map(losses, layer_map, 2, teacher.config.num_hidden_layers, list(layer_map_list))
+    objective = DistillObjective(student, teacher, matches)
+    objective.trainable.eval()  # no dropout: the two passes compared must differ only by the teacher side
+    return objective
+
+
+class CountingTap:
+    """Stands in for the teacher's FeatureTap and counts the teacher's forward passes."""
+
+    def __init__(self, tap):
+        self.tap, self.calls = tap, 0
+        self.blocks = tap.blocks
+
+    def __call__(self, inputs, runner=None):
+        self.calls += 1
+        return self.tap(inputs, runner)
+
+
+def _terms(objective, batches, cached: bool):
+    out = []
+    for batch in batches:
+        batch = batch if cached else {k: v for k, v in batch.items() if k != "example_id"}
+        total, terms = objective(batch)
+        out.append({"total": float(total), **terms})
+    return out
+
+
+def _batches(dataset, tokenizer, left=False):
+    if left:
+        tokenizer = deepcopy(tokenizer)
+        tokenizer.padding_side = "left"
+    batches = []
+    for batch in make_loader(dataset, tokenizer, 5, shuffle=True, seed=7):  # other batches than the build's (4)
+        order = torch.randperm(len(batch["input_ids"]), generator=torch.Generator().manual_seed(len(batches)))
+        batches.append({k: v[order] for k, v in batch.items()})  # and rows not in length order
+    return batches
+
+
+@pytest.mark.parametrize("losses, stored", [(TINYBERT, "scores"), (MINILM, "query")])
+def test_losses_read_from_the_cache_match_the_teachers_own_within_fp16_rounding(tmp_path, tiny_teacher_dir,
+                                                                                 tokenizer, capsys, losses, stored):
+    objective = _objective(tiny_teacher_dir, losses)
+    data = feature_cache.prepare(_ctx(tmp_path, tokenizer), objective, tiny_teacher_dir, _train_set(tokenizer))
+    out = capsys.readouterr().out
+    assert "computed once" in out and "example_id" in data.column_names
+    cache = objective.feature_cache
+    kinds = {kind for kind, _, _ in cache.layout.columns} | ({"scores"} if cache.layout.score_layers else set())
+    assert stored in kinds  # short sentences store (heads, len, len) scores; attention_kl needs q/k
+    assert kinds <= {"hidden", "scores", "query", "key", "value"}
+    batches = _batches(data, tokenizer)
+    with torch.no_grad():
+        direct = _terms(objective, batches, cached=False)
+        objective.teacher_tap = CountingTap(objective.teacher_tap)
+        read = _terms(objective, batches, cached=True)
+    assert objective.teacher_tap.calls == 0  # the teacher never ran: every feature came from disk
+    for d, r in zip(direct, read):
+        assert set(r) == set(d) - {"soft_ce"}  # a zero-weight term the cache cannot serve is left out
+        for name, value in r.items():
+            assert value == pytest.approx(d[name], rel=RTOL, abs=1e-6), name
+    if "soft_ce" in losses:
+        assert "zero-weight terms ['soft_ce'] are not logged" in out
+
+
+def test_left_padded_batches_read_back_their_own_rows(tmp_path, tiny_teacher_dir, tokenizer):
+    left = deepcopy(tokenizer)
+    left.padding_side = "left"
+    objective = _objective(tiny_teacher_dir, TINYBERT)
+    ctx = _ctx(tmp_path, left)
+    data = feature_cache.prepare(ctx, objective, tiny_teacher_dir, _train_set(tokenizer))
+    assert objective.feature_cache.layout.score_layers
+    # BERT's outputs depend on where the padding sits, so compare on the batches the cache was built from
+    batches = list(ctx.loader("train", 4, False, data))
+    assert any(not bool(b["attention_mask"][:, 0].all()) for b in batches)  # some rows really start with padding
+    with torch.no_grad():
+        direct = _terms(objective, batches, cached=False)
+        read = _terms(objective, batches, cached=True)
+    for d, r in zip(direct, read):
+        assert r == pytest.approx(d, rel=RTOL, abs=1e-6)
+
+
+def test_a_cache_is_reused_only_for_the_same_teacher_data_and_layer_map(tmp_path, tiny_teacher_dir, tokenizer,
+                                                                        capsys):
+    ctx = _ctx(tmp_path, tokenizer)
+    first = _objective(tiny_teacher_dir, TINYBERT)
+    feature_cache.prepare(ctx, first, tiny_teacher_dir, _train_set(tokenizer))
+    folder = first.feature_cache.folder
+    assert "computed once" in capsys.readouterr().out
+
+    again = _objective(tiny_teacher_dir, TINYBERT)  # e.g. the resumed stage
+    again.teacher_tap = CountingTap(again.teacher_tap)
+    feature_cache.prepare(ctx, again, tiny_teacher_dir, _train_set(tokenizer))
+    assert again.feature_cache.folder == folder and again.teacher_tap.calls == 0
+    assert "reused from" in capsys.readouterr().out
+
+    other_map = _objective(tiny_teacher_dir, TINYBERT, "explicit", [1, 3])
+    feature_cache.prepare(ctx, other_map, tiny_teacher_dir, _train_set(tokenizer))
+    assert other_map.feature_cache.folder != folder and "computed once" in capsys.readouterr().out
+    assert not folder.exists()  # the stale folder is gone once the new one is sealed
+    folder = other_map.feature_cache.folder
+
+    other_data = _objective(tiny_teacher_dir, TINYBERT, "explicit", [1, 3])
+    feature_cache.prepare(ctx, other_data, tiny_teacher_dir, _train_set(tokenizer, TEXTS[:-1] + ["why not"]))
+    assert other_data.feature_cache.folder != folder and "computed once" in capsys.readouterr().out
+    folder = other_data.feature_cache.folder
+
+    weights = next(p for p in tiny_teacher_dir.iterdir() if p.suffix == ".safetensors")
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a re-trained teacher
+    try:
+        retrained = _objective(tiny_teacher_dir, TINYBERT, "explicit", [1, 3])
+        feature_cache.prepare(ctx, retrained, tiny_teacher_dir, _train_set(tokenizer, TEXTS[:-1] + ["why not"]))
+        assert retrained.feature_cache.folder != folder
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_build_cut_short_is_done_again(tmp_path, tiny_teacher_dir, tokenizer, capsys):
+    ctx = _ctx(tmp_path, tokenizer)
+    objective = _objective(tiny_teacher_dir, TINYBERT)
+    feature_cache.prepare(ctx, objective, tiny_teacher_dir, _train_set(tokenizer))
+    folder = objective.feature_cache.folder
+    (folder / "meta.json").unlink()  # as if killed before sealing: what is there is not trusted
+    folder.rename(folder.with_name(folder.name + ".tmp"))
+    capsys.readouterr()
+    fresh = _objective(tiny_teacher_dir, TINYBERT)
+    feature_cache.prepare(ctx, fresh, tiny_teacher_dir, _train_set(tokenizer))
+    assert "computed once" in capsys.readouterr().out and (folder / "meta.json").is_file()
+    assert not folder.with_name(folder.name + ".tmp").exists()
+
+
+def test_a_batch_that_does_not_fit_the_cache_is_refused(tmp_path, tiny_teacher_dir, tokenizer):
+    objective = _objective(tiny_teacher_dir, TINYBERT)
+    data = feature_cache.prepare(_ctx(tmp_path, tokenizer), objective, tiny_teacher_dir, _train_set(tokenizer))
+    batch = next(iter(make_loader(data, tokenizer, 4, shuffle=False)))
+    batch["example_id"] = batch["example_id"].flip(0)  # rows of other lengths
+    with pytest.raises(RuntimeError, match="does not match this batch"):
+        objective(batch)
+
+
+def _overflowing_teacher(folder, tmp_path):
+    model = load_finetuned(folder)
+    with torch.no_grad():
+        model.bert.embeddings.LayerNorm.weight.fill_(1e6)  # embedding outputs beyond float16's 65504
+    out = tmp_path / "loud_teacher"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("case, line", [
+    ("one epoch", "makes 1 pass(es) over its data, nothing to reuse"),
+    ("cap", "exceed task_distill.feature_cache_max_gb=1e-09"),
+    ("logits", "reads the teacher's logits"),
+    ("overflow", "beyond the float16 range"),
+    ("switched off", None),
+])
+def test_the_cache_is_skipped_with_one_line_when_it_cannot_pay_or_fit(tmp_path, tiny_teacher_dir, tokenizer, capsys,
+                                                                      case, line):
+    settings = {"one epoch": {"epochs": 1.0}, "cap": {"feature_cache_max_gb": 1e-9},
+                "switched off": {"feature_cache": False}}.get(case, {})
+    teacher_dir = _overflowing_teacher(tiny_teacher_dir, tmp_path) if case == "overflow" else tiny_teacher_dir
+    losses = {**TINYBERT, "soft_ce": 1.0} if case == "logits" else TINYBERT
+    objective = _objective(teacher_dir, losses)
+    train_set = _train_set(tokenizer)
+    run_dir = tmp_path / "run"
+    out = feature_cache.prepare(_ctx(run_dir, tokenizer, **settings), objective, teacher_dir, train_set)
+    printed = capsys.readouterr().out
+    assert out is train_set and objective.feature_cache is None
+    assert not list(run_dir.glob("cache/*"))  # nothing written, no scratch folder left
+    if line is None:
+        assert printed == ""
+    else:
+        assert printed.count("\n") == 1 and "teacher feature cache off" in printed and line in printed
+
+
+def test_max_steps_count_as_passes_and_a_bad_cap_is_refused(tmp_path):
+    cfg = ExperimentConfig().task_distill.intermediate
+    cfg.batch_size, cfg.epochs, cfg.max_steps = 4, 1.0, 6  # 12 examples: 3 batches a pass
+    assert feature_cache.planned_passes(cfg, 12, 1) == 2.0
+    assert feature_cache.planned_passes(cfg, 12, 2) == 3.0  # 2 batches per process a pass
+    with pytest.raises(ConfigError, match="task_distill.feature_cache_max_gb"):
+        load_config(None, ["task_distill.feature_cache_max_gb=0"])
