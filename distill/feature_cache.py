@@ -11,8 +11,8 @@ length (padding is never stored):
 - ``tokens.f16`` (tokens, columns): one row per real token, with the mapped hidden states (0 = the
   embedding output), attention queries and keys (attention_kl, or attention_scores_mse when they are
   smaller than its scores) and values (value_relation_kl);
-- ``pairs.f16``: per example, the pre-softmax attention scores (heads, len, len) of the
-  attention_scores_mse layers, when these are smaller than the queries and keys they come from (over
+- ``pairs.f16``: per example, the pre-softmax attention scores (len, len, heads of all such layers) of
+  the attention_scores_mse layers, when these are smaller than the queries and keys they come from (over
   the set, sum of heads * len^2 against 2 * width * len: short sentences store scores, long ones q/k).
 
 The losses then see the teacher's features rounded to float16 (relative error <= 2^-11); nothing else
@@ -61,7 +61,7 @@ class Layout:
     (attention layer, heads). Layers as in Match: hidden 0..N, attention 0-based blocks."""
 
     columns: tuple[tuple[str, int, int], ...]  # ("hidden" | "query" | "key" | "value", layer, width)
-    score_layers: tuple[tuple[int, int], ...]  # (attention layer, heads), stored as (heads, len, len)
+    score_layers: tuple[tuple[int, int], ...]  # (attention layer, heads), stored as (len, len, heads)
 
     @property
     def width(self) -> int:
@@ -205,8 +205,7 @@ class FeatureCache:
         device = mask.device
         b, s = mask.shape
         ids = batch[ID_COLUMN].cpu().numpy()
-        mask_cpu = mask.cpu()  # one host sync a step
-        real = mask_cpu.sum(1).numpy()
+        real = mask.sum(1).cpu().numpy()  # one host sync a step
         lengths = self.lengths[ids]
         if not np.array_equal(real, lengths):
             raise RuntimeError(f"the teacher feature cache {self.folder} does not match this batch (real tokens "
@@ -225,7 +224,7 @@ class FeatureCache:
         for (kind, layer), value in parts.items():
             if kind == "hidden":
                 hidden[layer] = value
-        scores = self._scores(ids, lengths, mask_cpu, device)
+        scores = self._scores(ids, lengths, mask)
         attention: list[CachedAttention | None] = [None] * self.num_layers
         for layer in range(self.num_layers):
             q, k, v = (parts.get((name, layer)) for name in ("query", "key", "value"))
@@ -233,40 +232,34 @@ class FeatureCache:
                 attention[layer] = CachedAttention(q, k, v, self.heads[layer], scores.get(layer))
         return Features(hidden=tuple(hidden), attention=attention, logits=None)
 
-    def _scores(self, ids, lengths, mask_cpu, device) -> dict[int, torch.Tensor]:
+    def _scores(self, ids, lengths, mask: torch.Tensor) -> dict[int, torch.Tensor]:
         if self.pairs is None:
             return {}
-        b, s = mask_cpu.shape
+        b, s = mask.shape
         heads = self.layout.score_heads
         sizes = heads * lengths.astype(np.int64) ** 2
-        flat = torch.from_numpy(self.pairs[_ranges(self.pair_start[ids], sizes)]).to(device).float()
-        out = flat.new_zeros(b, heads, s, s)  # (batch, all stored heads, seq, seq)
-        offset = 0
-        for row, length in enumerate(lengths.tolist()):
-            block = flat[offset:offset + heads * length * length].view(heads, length, length)
-            offset += heads * length * length
-            positions = mask_cpu[row].nonzero().squeeze(1)
-            if length and int(positions[0]) == 0 and int(positions[-1]) == length - 1:  # right-padded
-                out[row, :, :length, :length] = block
-            else:
-                index = positions.to(device)
-                out[row][:, index[:, None], index[None, :]] = block
+        flat = torch.from_numpy(self.pairs[_ranges(self.pair_start[ids], sizes)]).to(mask.device).float()
+        out = flat.new_zeros(b, s, s, heads)  # (batch, query, key, stored heads)
+        out[_real_pairs(mask)] = flat.view(-1, heads)  # example by example, each (len, len, heads)
         result, start = {}, 0
         for layer, layer_heads in self.layout.score_layers:
-            result[layer] = out[:, start:start + layer_heads]  # (batch, heads, seq, seq)
+            result[layer] = out[..., start:start + layer_heads].permute(0, 3, 1, 2)  # (batch, heads, seq, seq)
             start += layer_heads
         return result
 
 
+def _real_pairs(mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, seq) bool: query and key both real tokens; row-major order is each example's (len, len)."""
+    real = mask.bool()
+    return real[:, :, None] & real[:, None, :]
+
+
 def _rows_of(features: Features, layout: Layout, positions: torch.Tensor) -> torch.Tensor:
-    """(n_real, width) float32: the layout's per-token columns at the real positions of a batch."""
+    """(n_real, width) float16: the layout's per-token columns at the real positions of a batch."""
     pieces = []
     for kind, layer, width in layout.columns:
-        if kind == "hidden":
-            value = features.hidden[layer]
-        else:
-            value = getattr(features.attention[layer], kind)
-        pieces.append(value.reshape(-1, width).index_select(0, positions).float())
+        value = features.hidden[layer] if kind == "hidden" else getattr(features.attention[layer], kind)
+        pieces.append(value.reshape(-1, width).index_select(0, positions).to(torch.float16))
     return torch.cat(pieces, dim=1)
 
 
@@ -284,24 +277,18 @@ def _write(objective, dataset, layout: Layout, folder: Path, loader_factory, pla
             mask = batch["attention_mask"]
             with place.autocast():
                 features = tap(to_model_inputs(batch))
-            mask_cpu = mask.cpu()
-            lengths = mask_cpu.sum(1).numpy().astype(np.int64)
+            lengths = mask.sum(1).cpu().numpy().astype(np.int64)
             blocks = []
             if layout.width:
                 blocks.append((_rows_of(features, layout, mask.reshape(-1).nonzero().squeeze(1)), tokens_file))
             if layout.score_heads:
-                per_example = []
-                scores = torch.cat([features.attention[layer].scores() for layer, _ in layout.score_layers], dim=1)
-                for row, length in enumerate(lengths.tolist()):
-                    positions = mask_cpu[row].nonzero().squeeze(1).to(scores.device)
-                    block = scores[row][:, positions[:, None], positions[None, :]]  # (heads, len, len)
-                    per_example.append(block.reshape(-1))
-                blocks.append((torch.cat(per_example), pairs_file))
-            for values, file in blocks:
-                half = values.to(torch.float16)
+                scores = torch.cat([features.attention[layer].scores().to(torch.float16)
+                                    for layer, _ in layout.score_layers], dim=1)  # (batch, stored heads, seq, seq)
+                blocks.append((scores.permute(0, 2, 3, 1)[_real_pairs(mask)], pairs_file))  # (pairs, stored heads)
+            for half, file in blocks:
                 if not bool(torch.isfinite(half).all()):
                     return "a teacher feature is beyond the float16 range"
-                file.write(half.cpu().numpy().tobytes())
+                half.cpu().numpy().tofile(file)
             index[ids, 0] = tokens_at + np.concatenate([[0], np.cumsum(lengths)[:-1]])
             index[ids, 1] = pairs_at + layout.score_heads * np.concatenate([[0], np.cumsum(lengths ** 2)[:-1]])
             index[ids, 2] = lengths
@@ -370,7 +357,8 @@ def prepare(ctx, objective, teacher_dir: Path | str, train_set):
         return train_set
     passes = planned_passes(train_cfg, len(train_set), process_count())
     if passes < 2:
-        _say(f"teacher feature cache off: 2a makes {passes:g} pass(es) over its data, nothing to reuse")
+        plural = "" if passes == 1 else "es"
+        _say(f"teacher feature cache off: 2a makes {passes:g} pass{plural} over its data, nothing to reuse")
         return train_set
     lengths, digest = token_lengths_and_digest(train_set)
     layout = plan_layout(objective.matches, objective.teacher_tap, objective.teacher.config.hidden_size, lengths)

@@ -1,7 +1,11 @@
 """Stage 2a's teacher feature cache: the same losses as the teacher's own features up to float16 rounding,
 never a stale cache, and off (with one line) when it cannot pay or fit."""
+import json
 import os
+import subprocess
+import sys
 from copy import deepcopy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -197,7 +201,7 @@ def _overflowing_teacher(folder, tmp_path):
 
 
 @pytest.mark.parametrize("case, line", [
-    ("one epoch", "makes 1 pass(es) over its data, nothing to reuse"),
+    ("one epoch", "makes 1 pass over its data, nothing to reuse"),
     ("cap", "exceed task_distill.feature_cache_max_gb=1e-09"),
     ("logits", "reads the teacher's logits"),
     ("overflow", "beyond the float16 range"),
@@ -229,3 +233,73 @@ def test_max_steps_count_as_passes_and_a_bad_cap_is_refused(tmp_path):
     assert feature_cache.planned_passes(cfg, 12, 2) == 3.0  # 2 batches per process a pass
     with pytest.raises(ConfigError, match="task_distill.feature_cache_max_gb"):
         load_config(None, ["task_distill.feature_cache_max_gb=0"])
+
+
+def test_two_processes_share_one_cache_built_by_the_main_process(tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo) runs tests/mp_feature_cache_script.py."""
+    from tests.test_multiprocess import ROOT, _free_port
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(ROOT / "tests" / "mp_feature_cache_script.py"), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert [r["processes"] for r in ranks] == [2, 2]
+    assert ranks[0]["folder"] == ranks[1]["folder"]  # one cache, read by both
+    assert done.stdout.count("computed once") == 1  # built (and announced) by the main process only
+    cache_dir = tmp_path / "run" / "cache"
+    assert [p.name for p in cache_dir.iterdir()] == [Path(ranks[0]["folder"]).name]  # no scratch folder left
+    for r in ranks:
+        assert r["worst_relative_diff"] < 2 ** -10  # float16 rounding of the rank's own teacher features
+        # 24 examples in 6 batches: 3 per process and epoch, 2 epochs
+        assert r["steps"] == 6 and all(loss == loss for loss in r["losses"])
+
+
+def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, tiny_teacher_dir, task_folder,
+                                                                    capsys):
+    from distill.context import RunContext
+    from distill.distillation import run_intermediate
+
+    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}",
+                 "teacher.already_finetuned=true", "teacher.gate=warn", f"task.name={task_folder}", "task.max_len=32",
+                 "general.enabled=false",
+                 "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
+                 "task_distill.intermediate.batch_size=8",
+                 "task_distill.intermediate.max_steps=12",  # 40 examples in 5 batches: 2.4 passes
+                 "task_distill.intermediate.save_every=0", "task_distill.intermediate.log_every=4"]
+    ctx = RunContext(load_config(None, overrides))
+    run_intermediate(ctx)
+    out = capsys.readouterr().out
+    assert "teacher features (hidden 0,2,4; scores 2,4) of 40 examples computed once" in out
+    assert len(list((ctx.run_dir / "cache").glob("teacher-features-*"))) == 1
+    metrics = ctx.run_dir / "student-intermediate" / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    assert all({"embedding_mse", "attention_scores_mse", "hidden_mse"} <= set(r) for r in records)
+
+
+def test_other_processes_wait_outside_any_collective_until_the_cache_is_sealed_or_abandoned(tmp_path):
+    import threading
+    import time
+
+    folder, tmp = tmp_path / "teacher-features-k", tmp_path / "teacher-features-k.tmp"
+    tmp.mkdir()
+
+    def seal():
+        time.sleep(0.3)
+        (tmp / "meta.json").write_text("{}")
+        tmp.rename(folder)
+
+    thread = threading.Thread(target=seal)
+    start = time.perf_counter()
+    thread.start()
+    feature_cache._wait_for(folder, tmp, poll_s=0.01)  # a long build never meets a barrier's timeout
+    assert time.perf_counter() - start >= 0.3 and (folder / "meta.json").is_file()
+    thread.join()
+    start = time.perf_counter()
+    feature_cache._wait_for(tmp_path / "other", tmp_path / "other.tmp", poll_s=0.01)  # nothing being built
+    assert time.perf_counter() - start < 0.3
