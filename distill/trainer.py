@@ -132,6 +132,18 @@ def freeze_unreached(objective: Objective, batch: dict, accelerator: Accelerator
     return unreached
 
 
+def _across_ranks(accelerator: Accelerator, record: dict[str, float], throughput: float) -> tuple[dict, float]:
+    """Loss terms averaged over the ranks (each rank's window holds its own share of the examples) and
+    the throughput summed; every rank reaches the same logging step, so the collective is safe. A term
+    only some ranks computed is averaged over those."""
+    from accelerate.utils import gather_object
+
+    records = gather_object([(record, throughput)])
+    names = {k for r, _ in records for k in r}
+    mean = {k: sum(r[k] for r, _ in records if k in r) / sum(k in r for r, _ in records) for k in sorted(names)}
+    return mean, sum(t for _, t in records)
+
+
 def _resume_settings(cfg: TrainConfig) -> dict:
     """The settings a checkpoint's position depends on (how often it saves or logs does not matter)."""
     return {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")}
@@ -295,8 +307,10 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
             elapsed = time.perf_counter() - window_start
             if cfg.log_every and (state["step"] % cfg.log_every == 0 or state["step"] == steps):
                 record = {k: v / window_count for k, v in window_terms.items()}
-                record.update(lr=scheduler.get_last_lr()[0], examples_per_s=window_examples / max(elapsed, 1e-9),
-                              epoch=state["epoch"])
+                throughput = window_examples / max(elapsed, 1e-9)
+                if accelerator.num_processes > 1:  # the logged loss is over all ranks' examples, as in one process
+                    record, throughput = _across_ranks(accelerator, record, throughput)
+                record.update(lr=scheduler.get_last_lr()[0], examples_per_s=throughput, epoch=state["epoch"])
                 history.append({"step": state["step"], **record})
                 if tracker and accelerator.is_main_process:
                     tracker.log(record, state["step"])

@@ -53,3 +53,9 @@ def test_two_processes_train_the_configured_epochs_in_the_samplers_order_and_wri
     weights = load_file(stage / "model" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert all(r["loss"] == r["loss"] for r in records if "loss" in r)  # no NaN loss
+
+    # a distillation stage whose loss leaves the student's pooler out trains under DDP (it crashed at step 2)
+    assert [r["distill_steps"] for r in ranks] == [2, 2] and not any(r["pooler_trainable"] for r in ranks)
+    # teacher logits: the main process computes them once, the other rank loads the very same values
+    assert [r["computed_logits"] for r in ranks] == [[40], []]
+    assert ranks[0]["logits"] == ranks[1]["logits"] and {row[1] for row in ranks[0]["logits"]} == {0.0}
