@@ -6,6 +6,11 @@ when the stages run in separate commands). The key covers everything the logits 
 folder and weight files (path, size, modification time), the dataset's content fingerprint and length,
 the device type and autocast precision, and the task kind. Any change is a new key, so a stale entry is
 never read; an unkeyable dataset (no fingerprint) is simply not cached.
+
+Under several processes (``accelerate launch``) the main process alone runs the teacher and writes the
+entry; the others wait at a barrier and read it, so every rank trains on the very same logits. (Each rank
+writing the same entry raced on its temporary folder and crashed the run.) Only an unkeyable dataset is
+computed by every rank, in the same deterministic evaluation pass.
 """
 from __future__ import annotations
 
@@ -38,15 +43,23 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
     else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed)."""
     from datasets import load_from_disk
 
+    from distill.ranks import is_main_process, wait_for_everyone
+
     if key is None or run_dir is None:
         return compute(dataset)
     folder = Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
-    if folder.is_dir():
+    cached = folder.is_dir()
+    wait_for_everyone()  # every rank has looked before the main one writes: all take the same branch
+    if not cached:
+        if is_main_process():
+            out = compute(dataset)
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+            tmp.rename(folder)
+        wait_for_everyone()
+        if is_main_process():
+            return out
+    if cached:
         print(f"[teacher] logits for {len(dataset)} training examples reused from {folder}")
-        return dataset.add_column("teacher_logits", load_from_disk(str(folder))["teacher_logits"])
-    out = compute(dataset)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
-    tmp.rename(folder)
-    return out
+    return dataset.add_column("teacher_logits", load_from_disk(str(folder))["teacher_logits"])

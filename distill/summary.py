@@ -145,7 +145,7 @@ def run_summary(ctx) -> dict:
     """This run's summary: read from ``<run>/data_summary.json`` when it matches the task settings."""
     path = Path(ctx.run_dir) / SUMMARY_FILE
     fingerprint = _fingerprint(ctx.cfg)
-    stored = _read_json(path)
+    stored = read_json_on_every_rank(path)
     if stored.get("fingerprint") == fingerprint:
         return stored
     from teachers.load import load_config
@@ -162,6 +162,17 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_json_on_every_rank(path: Path) -> dict:
+    """``_read_json``, then a barrier: every rank has read the file before the main one may write it, so
+    all ranks take the same branch. (A rank that read the file just written skipped write_json_once's
+    barrier, and the ranks then hung at their next collective.)"""
+    from distill.ranks import wait_for_everyone
+
+    stored = _read_json(path)
+    wait_for_everyone()
+    return stored
 
 
 def write_json_once(path: Path, data: dict) -> None:

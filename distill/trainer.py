@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -110,6 +110,40 @@ def fresh_accelerator(cfg: TrainConfig) -> Accelerator:
                        gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
 
 
+def freeze_unreached(objective: Objective, batch: dict, accelerator: Accelerator) -> list[str]:
+    """Freeze the trainable parameters this stage's loss never reaches, and return their names.
+
+    A stage's loss can leave parameters of its model out: the pooler in general distillation, the
+    classifier in 2a. One process ignores them (no gradient, so AdamW leaves them as they are), but DDP
+    waits for a gradient of every parameter and fails at the second step ("Expected to have finished
+    reduction in the prior iteration"). ``find_unused_parameters`` does not help: the pooler output is part
+    of the model's output, so DDP counts it as used. One probe of the loss on the first batch tells which
+    parameters get no gradient; it runs under a forked RNG and does not touch ``.grad``, so training
+    afterwards is exactly what it would have been."""
+    named = [(name, p) for name, p in objective.trainable.named_parameters() if p.requires_grad]
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        with accelerator.autocast():
+            loss, _ = objective(send_to_device(batch, accelerator.device))
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    unreached = [name for (name, _), grad in zip(named, grads) if grad is None]
+    for name, param in named:
+        if name in unreached:
+            param.requires_grad_(False)
+    return unreached
+
+
+def _across_ranks(accelerator: Accelerator, record: dict[str, float], throughput: float) -> tuple[dict, float]:
+    """Loss terms averaged over the ranks (each rank's window holds its own share of the examples) and
+    the throughput summed; every rank reaches the same logging step, so the collective is safe. A term
+    only some ranks computed is averaged over those."""
+    from accelerate.utils import gather_object
+
+    records = gather_object([(record, throughput)])
+    names = {k for r, _ in records for k in r}
+    mean = {k: sum(r[k] for r, _ in records if k in r) / sum(k in r for r, _ in records) for k in sorted(names)}
+    return mean, sum(t for _, t in records)
+
+
 def _resume_settings(cfg: TrainConfig) -> dict:
     """The settings a checkpoint's position depends on (how often it saves or logs does not matter)."""
     return {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")}
@@ -164,9 +198,14 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
     objective.to(accelerator.device)
     model = objective.trainable
     sampler = getattr(loader, "batch_sampler", None)  # our own; accelerate's wrappers do not pass set_epoch on
-    optimizer = _adamw(_param_groups(model, cfg.weight_decay), cfg.lr, accelerator.device)
     if len(loader) == 0:
         raise ValueError(f"{desc}: no training batches (the training set is empty); check the task data or corpus")
+    if accelerator.num_processes > 1:  # DDP needs a gradient for every parameter it averages
+        frozen = freeze_unreached(objective, next(iter(loader)), accelerator)
+        if frozen:
+            accelerator.print(f"[{desc}] {len(frozen)} parameters get no gradient from this stage's loss and stay "
+                              f"as they are: {', '.join(frozen[:4])}{' ...' if len(frozen) > 4 else ''}")
+    optimizer = _adamw(_param_groups(model, cfg.weight_decay), cfg.lr, accelerator.device)
     loader = accelerator.prepare(loader)  # first: with N processes each one sees 1/N of the batches
     steps = total_steps(cfg, len(loader))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
@@ -268,8 +307,10 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
             elapsed = time.perf_counter() - window_start
             if cfg.log_every and (state["step"] % cfg.log_every == 0 or state["step"] == steps):
                 record = {k: v / window_count for k, v in window_terms.items()}
-                record.update(lr=scheduler.get_last_lr()[0], examples_per_s=window_examples / max(elapsed, 1e-9),
-                              epoch=state["epoch"])
+                throughput = window_examples / max(elapsed, 1e-9)
+                if accelerator.num_processes > 1:  # the logged loss is over all ranks' examples, as in one process
+                    record, throughput = _across_ranks(accelerator, record, throughput)
+                record.update(lr=scheduler.get_last_lr()[0], examples_per_s=throughput, epoch=state["epoch"])
                 history.append({"step": state["step"], **record})
                 if tracker and accelerator.is_main_process:
                     tracker.log(record, state["step"])

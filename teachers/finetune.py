@@ -19,7 +19,8 @@ from distill.fingerprint import input_digests
 from distill.objectives import FineTuneObjective
 from distill.run import StageRun, announce_once
 from distill.placement import placement
-from distill.summary import _read_json, max_len_cost, run_summary, score_report, summary_baseline, write_json_once
+from distill.summary import (max_len_cost, read_json_on_every_rank, run_summary, score_report, summary_baseline,
+                            write_json_once)
 from distill.tasks import kind_of_folder
 from distill.trainer import train
 from teachers.load import finetuned_labels, load_classifier, local_model_folder, use_eager_attention
@@ -90,7 +91,7 @@ def _given_teacher_scores(ctx: RunContext, folder: Path) -> dict:
                       "weights": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]}, sort_keys=True)
     fingerprint = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = ctx.run_dir / GIVEN_TEACHER_FILE
-    stored = _read_json(path)
+    stored = read_json_on_every_rank(path)
     if stored.get("fingerprint") == fingerprint:
         return stored["scores"]
     model = load_finetuned(folder).to(placement("no").device)

@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-from distill import assets
+from distill import assets, logit_cache
 from distill.batching import LengthGroupedBatchSampler, make_loader, tokenize
 from distill.config import TrainConfig
 from distill.context import save_hf_folder
 from distill.evaluation import evaluate
-from distill.objectives import FineTuneObjective
+from distill.layer_map import build_layer_map
+from distill.objectives import DistillObjective, FineTuneObjective
 from distill.run import StageRun
 from distill.tracking import Tracker
 from distill.trainer import train
@@ -65,6 +66,8 @@ def main(out: Path) -> None:
                    evaluate=lambda m: evaluate(m, dev, "accuracy"), seed=SEED, desc="mp",
                    save_model=lambda m, folder: save_hf_folder(m, tokenizer, folder))
     stage.finish({"steps": result.step})
+    probe = objective.batches.pop(0)  # under DDP, train() first probes the loss once (freeze_unreached)
+    assert len(probe) == BATCH and state.num_processes > 1
 
     sampler = LengthGroupedBatchSampler(train_set["length"], BATCH, shuffle=True, seed=SEED)
     expected = []
@@ -76,7 +79,36 @@ def main(out: Path) -> None:
               "seen": objective.batches, "expected_by_epoch": expected,
               "param_sum": float(params.double().sum()), "param_abs_sum": float(params.double().abs().sum()),
               "initial_abs_sum": initial}
+    report.update(_distill_stage(out, train_set, tokenizer), **_teacher_logits_once(out, train_set))
     (out / f"rank{state.process_index}.json").write_text(json.dumps(report))
+
+
+def _distill_stage(out: Path, train_set, tokenizer) -> dict:
+    """Two steps of general-style distillation into a BertModel student: its pooler gets no gradient."""
+    torch.manual_seed(0)
+    config = dict(vocab_size=tokenizer.vocab_size, num_attention_heads=4, max_position_embeddings=64)
+    teacher = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64, **config)).eval()
+    student = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, intermediate_size=32, **config))
+    objective = DistillObjective(student, teacher, build_layer_map({"hidden_mse": 1.0}, "uniform", 1, 2))
+    loader = make_loader(train_set, tokenizer, BATCH, shuffle=True, seed=SEED)
+    cfg = TrainConfig(max_steps=2, batch_size=BATCH, lr=1e-3, save_every=0, log_every=1, mixed_precision="no")
+    result = train(objective, loader, cfg, out / "distill", seed=SEED, desc="mp distill",
+                   save_model=lambda m, folder: save_hf_folder(m.student, tokenizer, folder))
+    return {"distill_steps": result.step, "pooler_trainable": student.pooler.dense.weight.requires_grad}
+
+
+def _teacher_logits_once(out: Path, train_set) -> dict:
+    """The run's logit cache under 2 processes: who ran the teacher, and what each rank got."""
+    computed = []
+
+    def compute(dataset):
+        computed.append(len(dataset))
+        rows = [[float(sum(ids) % 7), float(PartialState().process_index)] for ids in dataset["input_ids"]]
+        return dataset.add_column("teacher_logits", rows)  # rank-dependent: a rank that computed would show it
+
+    key = logit_cache.cache_key(out / "run" / "stage" / "model", train_set, "cpu", "float32", "test")
+    got = logit_cache.reuse_or_compute(out / "run", key, train_set, compute)
+    return {"computed_logits": computed, "logits": list(got["teacher_logits"])}
 
 
 if __name__ == "__main__":
