@@ -26,25 +26,26 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(assets.minilm_dir())
 
 
+def _tiny_folder(tmp_path_factory, tokenizer, name: str, model_class, config=None):
+    """A random tiny BERT (seed 0) of ``model_class`` saved with the real MiniLM tokenizer."""
+    folder = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    model_class(config or tiny_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory, tokenizer):
     """A random tiny BERT classifier folder using the real MiniLM vocabulary."""
-    folder = tmp_path_factory.mktemp("tiny_teacher")
-    torch.manual_seed(0)
-    BertForSequenceClassification(tiny_config()).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _tiny_folder(tmp_path_factory, tokenizer, "tiny_teacher", BertForSequenceClassification)
 
 
 @pytest.fixture(scope="session")
 def tiny_mlm_teacher_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny_mlm")
-    torch.manual_seed(0)
     config = tiny_config()
     config.architectures = ["BertForMaskedLM"]
-    BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _tiny_folder(tmp_path_factory, tokenizer, "tiny_mlm", BertForMaskedLM, config)
 
 
 @pytest.fixture()
@@ -66,11 +67,8 @@ def task_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory, tokenizer):
-    """A tiny pretrained-style encoder with no task head: the teacher the NER and QA pipeline tests fine-tune."""
+    """A tiny pretrained-style encoder with no task head (as bert-large-uncased on the hub): the teacher the
+    NER, QA and regression pipeline tests fine-tune."""
     from transformers import BertModel
 
-    folder = tmp_path_factory.mktemp("tiny_encoder")
-    torch.manual_seed(0)
-    BertModel(tiny_config()).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _tiny_folder(tmp_path_factory, tokenizer, "tiny_encoder", BertModel)

@@ -86,7 +86,7 @@ def test_two_processes_x16_reach_the_weights_of_one_process_x32(tmp_path):
     two = subprocess.run(_launch_cmd(script, str(tmp_path / "two"), "16"), env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = (torch.load(tmp_path / run / "model" / "weights.pt") for run in ("one", "two"))
+    a, b = (torch.load(tmp_path / run / "model" / "weights.pt", weights_only=True) for run in ("one", "two"))
     assert a.keys() == b.keys() and any(k.startswith("projections.") for k in a)
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert diff < 1e-5, f"max abs weight difference {diff}"

@@ -20,16 +20,6 @@ from tests.conftest import tiny_config
 SCORES = {"wonderful": 4.5, "pleasant": 3.0, "dull": 1.5, "dreadful": 0.2}
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone_dir(tmp_path_factory, tokenizer):
-    """A pretrained-style tiny BERT with no task head (as bert-large-uncased on the hub)."""
-    folder = tmp_path_factory.mktemp("tiny_backbone")
-    torch.manual_seed(0)
-    BertModel(tiny_config()).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def write_stsb(folder, n=240):
     """glue/stsb-shaped: sentence pairs, similarity scores in [0, 5] with fractional values."""
     rng = np.random.default_rng(0)
@@ -65,8 +55,8 @@ def _cfg(tmp_path, teacher, task, *extra):
     return load_config(None, overrides + list(extra))
 
 
-def test_stsb_shaped_data_distils_end_to_end_and_beats_the_untrained_student(tmp_path, tiny_backbone_dir, stsb_folder):
-    cfg = _cfg(tmp_path, tiny_backbone_dir, stsb_folder, "prune.taylor_batches=2")
+def test_stsb_shaped_data_distils_end_to_end_and_beats_the_untrained_student(tmp_path, tiny_encoder_dir, stsb_folder):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, stsb_folder, "prune.taylor_batches=2")
     pipeline.run_task(cfg)  # teacher -> general -> 2a -> 2b with the default prediction losses
     run = cfg.run_dir
     teacher = json.loads((run / "teacher" / "result.json").read_text())
@@ -75,7 +65,7 @@ def test_stsb_shaped_data_distils_end_to_end_and_beats_the_untrained_student(tmp
     assert {"logits_mse", "hard_mse"} <= set(terms) and "soft_ce" not in terms  # chosen by task type
     ctx = RunContext(cfg)
     torch.manual_seed(0)
-    untrained = build_student(student_shape(ctx), BertModel.from_pretrained(tiny_backbone_dir),
+    untrained = build_student(student_shape(ctx), BertModel.from_pretrained(tiny_encoder_dir),
                               kind="classifier", label_names=None, init="random", seed=cfg.seed)
     before = evaluate(untrained, ctx.loader("dev", 64), "pearson")["score"]
     print(f"teacher dev {teacher['dev']['score']:.3f}, untrained student {before:.3f}, "
@@ -88,18 +78,18 @@ def test_stsb_shaped_data_distils_end_to_end_and_beats_the_untrained_student(tmp
     assert "logits_mse" in terms and "soft_ce" not in terms
 
 
-def test_classification_losses_set_for_a_regression_task_are_refused_before_training(tmp_path, tiny_backbone_dir,
+def test_classification_losses_set_for_a_regression_task_are_refused_before_training(tmp_path, tiny_encoder_dir,
                                                                                        stsb_folder):
-    cfg = _cfg(tmp_path, tiny_backbone_dir, stsb_folder, "task_distill.prediction_losses={soft_ce: 1.0}")
+    cfg = _cfg(tmp_path, tiny_encoder_dir, stsb_folder, "task_distill.prediction_losses={soft_ce: 1.0}")
     with pytest.raises(ValueError, match=r"task_distill\.prediction_losses\.soft_ce.*regression task.*logits_mse"):
         pipeline.run_task(cfg)
     assert not (cfg.run_dir / "teacher").exists()
-    cfg = _cfg(tmp_path, tiny_backbone_dir, stsb_folder, "prune.recovery_losses={hard_ce: 1.0}")
+    cfg = _cfg(tmp_path, tiny_encoder_dir, stsb_folder, "prune.recovery_losses={hard_ce: 1.0}")
     with pytest.raises(ValueError, match=r"prune\.recovery_losses\.hard_ce"):
         check_task_losses(cfg, is_regression=True)
     check_task_losses(cfg, is_regression=False)
     with pytest.raises(ValueError, match=r"hard_mse is a regression loss"):
-        check_task_losses(_cfg(tmp_path, tiny_backbone_dir, stsb_folder, "task_distill.prediction_losses={hard_mse: 1}"),
+        check_task_losses(_cfg(tmp_path, tiny_encoder_dir, stsb_folder, "task_distill.prediction_losses={hard_mse: 1}"),
                           is_regression=False)
 
 
