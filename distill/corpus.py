@@ -220,11 +220,15 @@ PACKING = ("concat", "intra_doc", "per_doc")
 
 
 def _documents(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, min_tokens: int, counts: list[int],
-               chunk: int = 1000) -> Iterator[list[int]]:
-    """Word-piece ids of every document with at least ``min_tokens`` pieces, in corpus order, tokenized
-    ``chunk`` documents at a time; ``counts`` becomes [documents seen, documents kept]."""
+               chunk: int = 1000, first_chunk: int = 8) -> Iterator[list[int]]:
+    """Word-piece ids of every document with at least ``min_tokens`` pieces, in corpus order, tokenized in
+    chunks that double from ``first_chunk`` to ``chunk`` documents (the first sequences, e.g. the
+    preflight's, need only a few documents read: a lazily parsed wiki dump costs ~1 s per article);
+    ``counts`` becomes [documents seen, documents kept]."""
     documents = iter(documents)
-    while batch := list(itertools.islice(documents, chunk)):
+    size = first_chunk
+    while batch := list(itertools.islice(documents, size)):
+        size = min(chunk, size * 2)
         for piece in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             counts[0] += 1
             if len(piece) >= min_tokens:

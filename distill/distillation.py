@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
@@ -269,10 +270,13 @@ def run_intermediate(ctx: RunContext) -> Path:
     stage.start()
     print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n"
           f"{describe(objective.matches)}")
+    plain_set = train_set
+    train_set, logit_key = _logit_sink_for_later_stages(ctx, objective, teacher, train_set)
     train_set = feature_cache.prepare(ctx, objective, teacher_dir, train_set)  # when >= 2 epochs and it fits
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
                    stage.dir, save_model=_distill_saver(ctx), tracker=tracker, seed=cfg.seed, desc="2a intermediate")
+    _keep_teacher_logits(ctx, objective, plain_set, logit_key)
     final = result.history[-1] if result.history else {}
     tracker.summary(final)
     tracker.finish()
@@ -318,8 +322,7 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
     from distill import logit_cache
 
     place = placement(mixed_precision)
-    key = logit_cache.cache_key(teacher.name_or_path, train_set, place.device.type, place.dtype,
-                                type(objective.kind).__name__ + str(getattr(objective.kind, "name", "")))
+    key = _logit_key(teacher, train_set, mixed_precision, objective.kind)
 
     def compute(dataset):
         print(f"[teacher] logits for {len(dataset)} training examples, computed once and reused every epoch")
@@ -327,6 +330,53 @@ def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, 
                                    kind=objective.kind)
 
     return logit_cache.reuse_or_compute(getattr(ctx, "run_dir", None), key, train_set, compute)  # across stages too
+
+
+def _logit_key(teacher, train_set, mixed_precision: str, kind) -> str | None:
+    from distill import logit_cache
+
+    place = placement(mixed_precision)
+    return logit_cache.cache_key(teacher.name_or_path, train_set, place.device.type, place.dtype,
+                                 type(kind).__name__ + str(getattr(kind, "name", "")))
+
+
+def _logit_sink_for_later_stages(ctx: RunContext, objective: DistillObjective, teacher, train_set):
+    """Stage 2a runs the teacher over the very examples 2b then distils the logits of: keep those logits
+    (a LogitSink on the objective, example ids on the training set) so 2b and pruning recovery need no
+    teacher pass of their own. Only when 2b trains output losses alone on the same data in the same
+    precision, in one process (a rank sees a shard), and its cache entry is not there yet.
+    Returns (training set, the cache key to write) or (training set unchanged, None)."""
+    from distill import logit_cache
+    from distill.feature_cache import ID_COLUMN
+
+    t = ctx.cfg.task_distill
+    later = losses_for_task(t.prediction_losses, ctx.data.is_regression)
+    if not later or any(LOSSES[name].feature not in ("logits", "labels") for name in later) or process_count() > 1:
+        return train_set, None
+    if placement(t.intermediate.mixed_precision) != placement(t.prediction.mixed_precision):
+        return train_set, None
+    key = _logit_key(teacher, train_set, t.prediction.mixed_precision, ctx.data.kind)
+    if key is None or (ctx.run_dir / logit_cache.CACHE_DIR / f"teacher-logits-{key}").is_dir():
+        return train_set, None
+    objective.logit_sink = logit_cache.LogitSink(len(train_set), ctx.data.kind)
+    return train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64)), key
+
+
+def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set, key: str | None) -> None:
+    """After 2a: the logits its teacher passes produced, stored as 2b's cache entry when every example has them
+    (a resumed 2a saw only part of its data: 2b then runs the teacher as usual)."""
+    from distill import logit_cache
+
+    sink, objective.logit_sink = objective.logit_sink, None
+    if key is None or sink is None or not sink.complete:
+        return
+
+    def from_2a(dataset):
+        print(f"[teacher] logits for {len(dataset)} training examples kept from 2a's teacher passes (2b and "
+              "pruning recovery read them: no teacher pass of their own)")
+        return dataset.add_column("teacher_logits", sink.rows)
+
+    logit_cache.reuse_or_compute(ctx.run_dir, key, train_set, from_2a)
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:

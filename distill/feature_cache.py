@@ -46,7 +46,7 @@ from distill.layer_map import Match
 from distill.logit_cache import CACHE_DIR, weights_stamp
 from distill.losses import LOSSES
 from distill.placement import placement
-from distill.ranks import is_main_process, process_count, wait_for_everyone
+from distill.ranks import is_main_process, process_count, wait_for_everyone, wait_for_main
 
 PREFIX = "teacher-features-"
 FORMAT = 1  # bump when the stored layout changes: old folders then have another key
@@ -196,6 +196,28 @@ class FeatureCache:
         self.pairs = np.memmap(self.folder / "pairs.f16", dtype=np.float16, mode="r",
                                shape=(pairs,)) if pairs else None
 
+    @staticmethod
+    def damage(folder: Path) -> str | None:
+        """Why a sealed folder cannot be read as it is (a file cut short or missing), or None."""
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            index = np.load(folder / "index.npy")
+            lengths = index[:, 2].astype(np.int64)
+            layout = Layout(tuple(tuple(c) for c in meta["columns"]), tuple(tuple(s) for s in meta["score_layers"]))
+            want = {"tokens.f16": int(lengths.sum()) * layout.width * BYTES,
+                    "pairs.f16": int((lengths ** 2).sum()) * layout.score_heads * BYTES}
+            if len(index) != meta["examples"]:
+                return f"index.npy has {len(index)} examples, meta.json {meta['examples']}"
+            for name, size in want.items():
+                if not (folder / name).is_file():
+                    return f"{name} is missing"
+                have = (folder / name).stat().st_size
+                if have != size:
+                    return f"{name} has {have} bytes, {size} expected"
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+            return f"{type(error).__name__}: {error}"
+        return None
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir())
 
@@ -277,6 +299,8 @@ def _write(objective, dataset, layout: Layout, folder: Path, loader_factory, pla
             mask = batch["attention_mask"]
             with place.autocast():
                 features = tap(to_model_inputs(batch))
+            if objective.logit_sink is not None:  # the logits of this teacher pass, for stage 2b
+                objective.logit_sink.add(torch.from_numpy(ids), features.logits, mask)
             lengths = mask.sum(1).cpu().numpy().astype(np.int64)
             blocks = []
             if layout.width:
@@ -329,8 +353,13 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
         shutil.rmtree(tmp, ignore_errors=True)
         _say(f"teacher feature cache off: {problem}; the teacher runs every step")
         return
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    tmp.rename(folder)
+    try:
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        tmp.rename(folder)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _say(f"teacher feature cache off: sealing it failed ({error.strerror or error}); the teacher runs every step")
+        return
     for other in folder.parent.glob(PREFIX + "*"):
         if other != folder:
             shutil.rmtree(other, ignore_errors=True)
@@ -338,12 +367,6 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
     _say(f"teacher features ({layout.describe()}) of {len(dataset)} examples computed once in "
          f"{time.perf_counter() - start:.0f} s into {folder} ({_gb(size)}, {per_1000:.1f} MB per 1,000 examples); "
          "read every epoch instead of running the teacher")
-
-
-def _wait_for(folder: Path, tmp: Path, poll_s: float = 1.0) -> None:
-    """Another process: until the main one has sealed ``folder`` or given up (its scratch folder gone)."""
-    while not (folder / "meta.json").is_file() and tmp.is_dir():
-        time.sleep(poll_s)
 
 
 def prepare(ctx, objective, teacher_dir: Path | str, train_set):
@@ -354,6 +377,10 @@ def prepare(ctx, objective, teacher_dir: Path | str, train_set):
     t = ctx.cfg.task_distill
     train_cfg = t.intermediate
     if not t.feature_cache:
+        return train_set
+    if getattr(ctx.tokenizer, "padding_side", "right") != "right":
+        _say("teacher feature cache off: the tokenizer pads on the left, so a teacher feature would depend on "
+             "the padding of the batch it was computed in")
         return train_set
     passes = planned_passes(train_cfg, len(train_set), process_count())
     if passes < 2:
@@ -369,8 +396,15 @@ def prepare(ctx, objective, teacher_dir: Path | str, train_set):
     key = cache_key(teacher_dir, digest, len(train_set), place.device.type, place.dtype, layout)
     folder = Path(ctx.run_dir) / CACHE_DIR / f"{PREFIX}{key}"
     tmp = folder.with_name(folder.name + ".tmp")
-    dataset = train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64))
+    dataset = train_set if ID_COLUMN in train_set.column_names else \
+        train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64))
     size = layout.size_bytes(lengths)
+    if is_main_process() and (folder / "meta.json").is_file():
+        damage = FeatureCache.damage(folder)
+        if damage:
+            _say(f"teacher feature cache {folder} is damaged ({damage}); building it again")
+            shutil.rmtree(folder)
+    wait_for_everyone()  # every rank sees the same folder
     reused = (folder / "meta.json").is_file()
     if is_main_process() and not reused:
         shutil.rmtree(tmp, ignore_errors=True)  # a build that a kill cut short
@@ -393,7 +427,7 @@ def prepare(ctx, objective, teacher_dir: Path | str, train_set):
         _build(objective, dataset, layout, folder, lambda d, bs: ctx.loader("train", bs, False, d), place,
                train_cfg.batch_size, meta, size)
     elif not is_main_process():
-        _wait_for(folder, tmp)
+        wait_for_main((folder / "meta.json").is_file, tmp)
     wait_for_everyone()
     if not (folder / "meta.json").is_file():
         return train_set

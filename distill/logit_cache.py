@@ -7,10 +7,15 @@ folder and weight files (path, size, modification time), the dataset's content f
 the device type and autocast precision, and the task kind. Any change is a new key, so a stale entry is
 never read; an unkeyable dataset (no fingerprint) is simply not cached.
 
+Stage 2a runs the same teacher over the same examples (in one process, one pass or more): a
+``LogitSink`` keeps the logits of those passes, and when it has every example they become the cache
+entry 2b would otherwise compute with a teacher pass of its own.
+
 Under several processes (``accelerate launch``) the main process alone runs the teacher and writes the
-entry; the others wait at a barrier and read it, so every rank trains on the very same logits. (Each rank
-writing the same entry raced on its temporary folder and crashed the run.) Only an unkeyable dataset is
-computed by every rank, in the same deterministic evaluation pass.
+entry; the others poll for the finished folder (no collective barrier, which a long teacher pass would
+time out) and read it, so every rank trains on the very same logits. (Each rank writing the same entry
+raced on its temporary folder and crashed the run.) Only an unkeyable dataset is computed by every rank,
+in the same deterministic evaluation pass.
 """
 from __future__ import annotations
 
@@ -43,23 +48,51 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
     else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed)."""
     from datasets import load_from_disk
 
-    from distill.ranks import is_main_process, wait_for_everyone
+    from distill.ranks import is_main_process, wait_for_everyone, wait_for_main
 
     if key is None or run_dir is None:
         return compute(dataset)
     folder = Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
+    tmp = folder.with_name(folder.name + ".tmp")
     cached = folder.is_dir()
-    wait_for_everyone()  # every rank has looked before the main one writes: all take the same branch
+    if not cached and is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
+        tmp.mkdir(parents=True)
+    wait_for_everyone()  # every rank has looked, and the scratch folder exists iff the main process computes
     if not cached:
         if is_main_process():
-            out = compute(dataset)
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
-            tmp.rename(folder)
-        wait_for_everyone()
-        if is_main_process():
+            try:
+                out = compute(dataset)
+                out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+                tmp.rename(folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # the others stop waiting
+                raise
             return out
+        wait_for_main(folder.is_dir, tmp)
+        if not folder.is_dir():
+            raise RuntimeError(f"the main process did not write the teacher logits {folder}; see its error")
     if cached:
         print(f"[teacher] logits for {len(dataset)} training examples reused from {folder}")
     return dataset.add_column("teacher_logits", load_from_disk(str(folder))["teacher_logits"])
+
+
+class LogitSink:
+    """Teacher logits gathered from a stage's own teacher passes, one row per training example (rows as
+    ``with_teacher_logits`` stores them), found by the batch's ``example_id`` column."""
+
+    def __init__(self, examples: int, kind):
+        self.rows: list = [None] * examples
+        self.kind = kind
+        self.missing = examples
+
+    def add(self, example_ids, logits, attention_mask) -> None:
+        rows, _ = self.kind.rows(logits.detach().float().cpu().numpy(), None, attention_mask.cpu().numpy())
+        for index, row in zip(example_ids.tolist(), rows):
+            if self.rows[index] is None:
+                self.missing -= 1
+            self.rows[index] = row.tolist()
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0

@@ -123,6 +123,7 @@ class DistillObjective:
         self.student_tap = FeatureTap(student, attention=need_attention, logits_of=logits_of, unpad=unpad)
         self.teacher_tap = FeatureTap(teacher, attention=need_attention, logits_of=logits_of, unpad=unpad)
         self.feature_cache = None  # distill.feature_cache: the teacher's features read from disk instead
+        self.logit_sink = None  # distill.logit_cache.LogitSink: keeps the teacher's logits of batches with ids
         self._uncached: frozenset[Match] = frozenset()
         self.relation_heads = {}
         for m in matches:
@@ -221,6 +222,8 @@ class DistillObjective:
         else:
             with torch.no_grad():
                 t = self.teacher_tap(inputs)
+            if self.logit_sink is not None and "example_id" in batch:
+                self.logit_sink.add(batch["example_id"], t.logits, mask)
         s = self.student_tap(inputs, runner=self.trainable)
         total = torch.zeros((), device=mask.device)
         values: list[tuple[Match, torch.Tensor]] = []

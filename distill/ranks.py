@@ -2,6 +2,10 @@
 process writes files (checkpoints, model folders, stage records, metrics), and the others wait for it."""
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Callable
+
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
@@ -23,3 +27,11 @@ def wait_for_everyone() -> None:
 
 def process_count() -> int:
     return _state().num_processes
+
+
+def wait_for_main(done: Callable[[], bool], scratch: Path, poll_s: float = 1.0) -> None:
+    """A process other than the main one: sleep until the main process has finished writing (``done()``)
+    or given up (its ``scratch`` folder gone). Polling the file system, not a collective barrier, so a
+    long teacher pass on the main process hits no process-group timeout (30 min gloo, often 10 min NCCL)."""
+    while not done() and Path(scratch).is_dir():
+        time.sleep(poll_s)

@@ -51,7 +51,8 @@ def main(out: Path) -> None:
     cfg.task_distill.intermediate.epochs = 2
     cfg.task_distill.intermediate.batch_size = 4
     cfg.task_distill.intermediate.mixed_precision = "no"
-    ctx = SimpleNamespace(cfg=cfg, run_dir=out / "run", loader=lambda split, bs, shuffle=False, dataset=None:
+    ctx = SimpleNamespace(cfg=cfg, run_dir=out / "run", tokenizer=tokenizer,
+                          loader=lambda split, bs, shuffle=False, dataset=None:
                           make_loader(dataset, tokenizer, bs, shuffle, seed=0))
     data = feature_cache.prepare(ctx, objective, teacher_dir, train_set)
     cache = objective.feature_cache

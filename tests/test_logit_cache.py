@@ -2,12 +2,15 @@
 import os
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from distill import logit_cache
 from distill.batching import make_loader, tokenize
 from distill.distillation import cache_teacher_logits
+from distill.objectives import with_teacher_logits
 
 
 def _train_set(tokenizer):
@@ -60,3 +63,106 @@ def test_without_a_key_nothing_is_stored(tmp_path, tokenizer):
     logit_cache.reuse_or_compute(tmp_path, None, data, compute)
     logit_cache.reuse_or_compute(tmp_path, None, data, compute)
     assert len(calls) == 2 and not (tmp_path / logit_cache.CACHE_DIR).exists()
+
+
+def test_other_processes_poll_for_the_main_ones_logits_instead_of_waiting_at_a_barrier(tmp_path, tokenizer,
+                                                                                       monkeypatch):
+    """A rank other than the main one, while the main one runs the teacher (simulated by a thread): it
+    meets one barrier (before the work), then polls the file system, so a teacher pass longer than the
+    process group's timeout cannot kill the run; it never runs the teacher itself."""
+    import threading
+    import time
+
+    from distill import ranks
+
+    barriers = []
+    monkeypatch.setattr(ranks, "is_main_process", lambda: False)
+    monkeypatch.setattr(ranks, "wait_for_everyone", lambda: barriers.append(time.perf_counter()))
+    data = _train_set(tokenizer)
+    folder = tmp_path / logit_cache.CACHE_DIR / "teacher-logits-k"
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True)  # the main process is at work
+
+    def main_process_finishes():
+        time.sleep(0.3)
+        data.add_column("teacher_logits", [[0.5, -0.5]] * 4).select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+        tmp.rename(folder)
+
+    thread = threading.Thread(target=main_process_finishes)
+    start = time.perf_counter()
+    thread.start()
+    out = logit_cache.reuse_or_compute(tmp_path, "k", data, compute=lambda ds: pytest.fail("only the main one runs it"))
+    thread.join()
+    assert time.perf_counter() - start >= 0.3 and out["teacher_logits"] == [[0.5, -0.5]] * 4
+    assert len(barriers) == 1 and barriers[0] - start < 0.3  # no barrier while the main process computes
+
+
+def test_a_failed_teacher_pass_on_the_main_process_frees_the_others_and_leaves_no_cache(tmp_path, tokenizer,
+                                                                                        monkeypatch):
+    from distill import ranks
+
+    def compute(ds):
+        raise MemoryError("teacher pass died")
+
+    with pytest.raises(MemoryError):
+        logit_cache.reuse_or_compute(tmp_path, "k", _train_set(tokenizer), compute)
+    assert list((tmp_path / logit_cache.CACHE_DIR).iterdir()) == []  # scratch gone: waiting ranks stop
+    monkeypatch.setattr(ranks, "is_main_process", lambda: False)
+    with pytest.raises(RuntimeError, match="did not write the teacher logits"):
+        logit_cache.reuse_or_compute(tmp_path, "k", _train_set(tokenizer), compute)  # nothing being built
+
+
+def _tiny_run(tmp_path, tiny_teacher_dir, task_folder, *extra):
+    from distill.config import load_config
+    from distill.context import RunContext
+
+    return RunContext(load_config(None, [
+        f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", "teacher.already_finetuned=true",
+        "teacher.gate=warn", f"task.name={task_folder}", "task.max_len=32", "general.enabled=false",
+        "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
+        "task_distill.intermediate.batch_size=8", "task_distill.prediction.batch_size=8",
+        "task_distill.intermediate.save_every=0", "task_distill.prediction.save_every=0",
+        "task_distill.prediction.eval_every=0", *extra]))
+
+
+@pytest.mark.parametrize("epochs, feature_cache", [(1, False), (2, True)])
+def test_2a_keeps_its_teacher_logits_and_2b_reads_them_instead_of_running_the_teacher(tmp_path, tiny_teacher_dir,
+                                                                                      task_folder, capsys, epochs,
+                                                                                      feature_cache):
+    """The 2a teacher passes (training steps, or the feature cache's build) give 2b's logits: no separate
+    teacher pass, and the same logits (to float rounding: other batches) as the pass 2b would have run."""
+    from distill import distillation
+    from teachers.finetune import load_finetuned
+
+    ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, f"task_distill.intermediate.epochs={epochs}")
+    distillation.run_prediction(ctx)
+    out = capsys.readouterr().out
+    assert "kept from 2a's teacher passes" in out and "reused from" in out
+    assert "training examples, computed once" not in out
+    assert ("teacher features (" in out) == feature_cache
+    folders = list((ctx.run_dir / "cache").glob("teacher-logits-*"))
+    assert len(folders) == 1 and not folders[0].name.endswith(".tmp")
+    from datasets import load_from_disk
+
+    kept = np.array(load_from_disk(str(folders[0]))["teacher_logits"])
+    train = ctx.tokenized["train"]
+    teacher = load_finetuned(tiny_teacher_dir)
+    fresh = with_teacher_logits(teacher, train, lambda d: ctx.loader("train", 128, dataset=d))
+    assert kept.shape == (len(train), 2)
+    np.testing.assert_allclose(kept, np.array(fresh["teacher_logits"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["task_distill.intermediate.max_steps=2",  # part of an epoch: some rows missing
+                                     "task_distill.prediction_losses={hidden_mse: 1.0, soft_ce: 1.0}"])
+def test_2b_runs_its_own_teacher_pass_when_2a_cannot_give_it_every_logit(tmp_path, tiny_teacher_dir, task_folder,
+                                                                         capsys, setting):
+    from distill import distillation
+
+    ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, setting)
+    distillation.run_prediction(ctx)
+    out = capsys.readouterr().out
+    assert "kept from 2a's" not in out
+    if "max_steps" in setting:
+        assert "computed once" in out  # 2b's own pass
+    else:  # 2b reads hidden states: the teacher runs every step, nothing is cached
+        assert not list((ctx.run_dir / "cache").glob("teacher-logits-*"))
