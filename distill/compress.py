@@ -93,11 +93,6 @@ def _batches_and_labels(loader, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tup
     return batches, kind.collect(labels)
 
 
-def pad_batch(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """Right-pad every input to ``length`` tokens (pad id 0, attention mask 0)."""
-    return {k: np.pad(v, ((0, 0), (0, length - v.shape[1]))) for k, v in batch.items()}
-
-
 def _source_dir(ctx: RunContext, name: str) -> Path:
     if name == "teacher":
         return finetune_teacher(ctx)
@@ -119,10 +114,8 @@ def run_export(ctx: RunContext) -> Path:
     if e.check_examples:
         dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
     check_batches, check_labels = _batches_and_labels(ctx.loader("dev", 64, dataset=dev_set), ctx.data.kind)
-    # calibration batches share one shape (the percentile calibrator stacks them): pad to task.max_len
-    calibration = [pad_batch(b, ctx.cfg.task.max_len)
-                   for b in _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)]
-    calibration = [b for b in calibration if len(b["input_ids"]) == len(calibration[0]["input_ids"])]
+    # each calibration batch at its own length (quantize_int8_qdq feeds them one at a time)
+    calibration = _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)
     results = {}
     for name, folder in sources.items():
         results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,

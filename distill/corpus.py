@@ -117,11 +117,16 @@ def text_file_paragraphs(path: Path) -> list[str]:
     return list(iter_text_file_paragraphs(path))
 
 
+def _wiki_cache_path(cache_dir: Path) -> Path:
+    source = assets.wiki_excerpt()
+    key = hashlib.sha1(f"{source}:{source.stat().st_size}:{MIN_WIKI_WORDS}:v1".encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"wiki-{key}.txt"
+
+
 def _wiki_cache(cache_dir: Path) -> Path:
     """The cleaned wiki text, one paragraph a line, written once (streamed, page by page)."""
     source = assets.wiki_excerpt()
-    key = hashlib.sha1(f"{source}:{source.stat().st_size}:{MIN_WIKI_WORDS}:v1".encode()).hexdigest()[:12]
-    cached = Path(cache_dir) / f"wiki-{key}.txt"
+    cached = _wiki_cache_path(cache_dir)
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")  # one per process: ranks may write it at once
@@ -193,14 +198,26 @@ def _hub_texts(corpus: str, text_column: str, streaming: bool) -> Iterable[str]:
     return data[text_column]
 
 
+def _as_cached_lines(paragraphs: Iterable[str]) -> Iterator[str]:
+    """Paragraphs exactly as they read back from the wiki cache file (one per line, stripped)."""
+    for para in paragraphs:
+        for part in para.splitlines():
+            if part.strip():
+                yield part.strip()
+
+
 def iter_documents(corpus: str, cache_dir: Path | None = None, text_column: str = "text",
-                   streaming: bool = False) -> Iterator[str]:
+                   streaming: bool = False, build_cache: bool = True) -> Iterator[str]:
     """The documents of ``corpus`` one at a time, never all in memory when ``streaming`` (a datasets name
     is then opened with streaming=True). Raises for a missing source or column when called, and for a
-    non-UTF-8 file before the first document."""
+    non-UTF-8 file before the first document. The wiki dump is read from its cleaned text in
+    ``cache_dir``, written first unless ``build_cache`` is False (a caller that reads only the start of
+    the corpus: the dump is then parsed lazily, as far as it is read, into the same documents)."""
     if corpus == "wiki":
         if cache_dir is None:
             return iter_wiki_paragraphs(assets.wiki_excerpt())
+        if not build_cache and not _wiki_cache_path(cache_dir).is_file():
+            return _as_cached_lines(iter_wiki_paragraphs(assets.wiki_excerpt()))
         return iter_text_file_paragraphs(_wiki_cache(cache_dir))
     if corpus == BIGBENCH_WIKI:
         return iter_text_file_paragraphs(bigbench_wiki_paragraphs())

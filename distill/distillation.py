@@ -11,7 +11,7 @@ from transformers import DataCollatorWithPadding
 from distill.augment import augmented_train_set
 from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
 from distill.context import RunContext
-from distill.corpus import MIN_WIKI_WORDS, load_paragraphs, pack_sequences
+from distill.corpus import MIN_WIKI_WORDS, iter_documents, pack_sequences
 from distill import feature_cache
 from distill.evaluation import evaluate
 from distill.fingerprint import input_digests, stage_value
@@ -146,8 +146,11 @@ def run_general(ctx: RunContext) -> Path:
         about = (f"a stream of {len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {g.pack_order} "
                  "order)")
     else:
-        sequences = pack_sequences(load_paragraphs(g.corpus, cache, g.text_column), ctx.tokenizer, g.max_len,
-                                   g.max_sequences, g.packing, g.min_doc_tokens, g.pack_order, g.bm25_window)
+        # the first max_sequences in corpus order need only the start of the corpus: read just that much
+        start_only = g.max_sequences > 0 and g.pack_order == "corpus"
+        documents = iter_documents(g.corpus, cache, g.text_column, build_cache=not start_only)
+        sequences = pack_sequences(documents, ctx.tokenizer, g.max_len, g.max_sequences, g.packing,
+                                   g.min_doc_tokens, g.pack_order, g.bm25_window)
         fill = sum(sequences["length"]) / (len(sequences) * g.max_len)
         about = (f"{len(sequences)} sequences of <= {g.max_len} tokens ({g.packing}, {g.pack_order} order, "
                  f"{fill:.0%} filled)")

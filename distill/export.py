@@ -132,17 +132,27 @@ def quantize_int8_dynamic(src: Path, dst: Path) -> None:
 
 
 class _Calibration:
-    """CalibrationDataReader over a few task batches (the inputs TensorRT will also see)."""
+    """CalibrationDataReader over a few task batches (the inputs TensorRT will also see), served one batch
+    at a time (``set_range``), so batches keep their own lengths: no padding to a common shape, whose
+    activations would also enter the calibration ranges."""
 
     def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self.all = batches
         self.batches = iter(batches)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.batches = iter(self.all[start_index:end_index])
 
     def get_next(self):
         return next(self.batches, None)
 
 
 def quantize_int8_qdq(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> None:
-    """Static INT8 in QDQ form (symmetric, per-channel weights): the explicit quantization TensorRT builds from."""
+    """Static INT8 in QDQ form (symmetric, per-channel weights): the explicit quantization TensorRT builds from.
+    The percentile histograms are collected batch by batch (CalibStridedMinMax=1: ORT merges them)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -152,7 +162,7 @@ def quantize_int8_qdq(src: Path, dst: Path, calibration: list[dict[str, np.ndarr
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     calibrate_method=CalibrationMethod.Percentile,
                     op_types_to_quantize=["MatMul", "Gemm"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibStridedMinMax": 1})
     pre.unlink(missing_ok=True)
 
 

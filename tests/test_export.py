@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from distill import export as onnx_export
 from distill.batching import make_loader, tokenize
-from distill.compress import _batches_and_labels, export_model, pad_batch
+from distill.compress import _batches_and_labels, export_model
 from distill.data import load_local
 from distill.prune import prune_model
 
@@ -52,7 +52,8 @@ def _tree(folder) -> dict[str, bytes]:
 def test_every_format_is_checked_kept_and_loadable_without_our_code(tmp_path, decisive_teacher, tokenizer,
                                                                     dev_batches, capsys):
     batches, labels = dev_batches
-    calibration = [pad_batch(b, 32) for b in batches[:4]]  # as run_export does: one shape for the calibrator
+    # as run_export does: each calibration batch at its own length (fed one at a time)
+    calibration = batches[:3] + [{k: np.pad(v, ((0, 0), (0, 3))) for k, v in batches[3].items()}]
     results = export_model(decisive_teacher, tmp_path / "export", "student-task", list(onnx_export.TOLERANCE),
                            batches, labels, "accuracy", calibration, 32, tensorrt=True, max_metric_drop=MAX_DROP)
     assert set(results) == set(onnx_export.TOLERANCE)
