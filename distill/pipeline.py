@@ -206,6 +206,15 @@ def run_distill(cfg: ExperimentConfig) -> None:
     from distill.compress import run_prune as prune
     from distill.distillation import run_prediction
 
+    import json
+    import time
+
+    from distill.bench import run_bench
+    from distill.fsutil import write_text_atomic
+    from distill.ranks import is_main_process
+    from distill.run import STAGE_SECONDS
+
+    began = time.perf_counter()
     ctx = _context(cfg)
     folder = run_prediction(ctx)  # pulls in the teacher and general stages it needs
     print(f"[distill] student: {folder}")
@@ -213,9 +222,30 @@ def run_distill(cfg: ExperimentConfig) -> None:
         print(f"[distill] pruned student: {prune(ctx)}")
     if cfg.export.enabled:
         print(f"[distill] ONNX artifacts: {export(ctx)}")
-    from distill.bench import run_bench
-
+    bench_began = time.perf_counter()
     run_bench(ctx)
+    times = {**STAGE_SECONDS, "bench": time.perf_counter() - bench_began}
+    print(describe_times(times, time.perf_counter() - began))
+    if is_main_process():
+        write_text_atomic(ctx.run_dir / "timings.json", json.dumps({"total": round(time.perf_counter() - began, 1),
+                                                                    **{k: round(v, 1) for k, v in times.items()}}))
+
+
+STAGE_LABELS = {"teacher": "teacher", "student-general": "general", "student-intermediate": "2a",
+                "student-task": "2b", "student-pruned": "prune + recovery", "export": "export", "bench": "bench"}
+
+
+def describe_times(times: dict[str, float], total: float) -> str:
+    """One line: this command's wall time, per stage that ran (reused ones cost nothing), and the ratio to
+    the teacher stage when it ran here (issue 10's yardstick)."""
+    parts = [f"{STAGE_LABELS.get(name, name)} {seconds / 60:.1f}" for name, seconds in times.items()]
+    other = total - sum(times.values())
+    line = f"[distill] wall time {total / 60:.1f} min: " + ", ".join(parts + [f"other {other / 60:.1f}"])
+    if times.get("teacher"):
+        line += f" (minutes); {total / times['teacher']:.1f}x the teacher stage"
+    else:
+        line += " (minutes); the teacher stage was reused"
+    return line
 
 
 def run_bench(cfg: ExperimentConfig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,10 @@ class StageConflictError(RuntimeError):
 
 
 _ANNOUNCED: set[str] = set()
+# wall seconds of the stages this process ran, each without the stages it pulled in (e.g. 2a runs the
+# general stage first); the sum of those already attributed lets a stage subtract what ran inside it
+STAGE_SECONDS: dict[str, float] = {}
+_attributed = [0.0]
 _ON_FIRST_START: dict[Path, Callable[[], None]] = {}
 
 
@@ -62,6 +67,7 @@ class StageRun:
         self.dir = Path(run_dir) / name
         self.settings = json.loads(json.dumps({k: stage_value(v) for k, v in settings.items()}, default=str))
         self.fingerprint = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        self._clock: tuple[float, float] | None = None  # (when its work began, seconds attributed by then)
 
     @property
     def model_dir(self) -> Path:
@@ -77,6 +83,8 @@ class StageRun:
 
     def is_done(self) -> bool:
         """True when finished with these settings; raises when finished with other settings."""
+        if self._clock is None:  # the stage's wall time counts from its first look (its preparation included)
+            self._clock = (time.perf_counter(), _attributed[0])
         recorded = json.loads(self._stage_file.read_text()) if self._stage_file.is_file() else None
         done = self._done_file.is_file()
         wait_for_everyone()  # every rank has read the records before the main one changes them
@@ -113,7 +121,13 @@ class StageRun:
         wait_for_everyone()
 
     def finish(self, result: dict[str, Any]) -> None:
-        """Record the result, mark the stage done, then drop the training checkpoint (in that order)."""
+        """Record the result, mark the stage done, then drop the training checkpoint (in that order). The
+        result gains ``seconds``: this attempt's wall time, without the stages that ran inside it."""
+        began, attributed = self._clock or (time.perf_counter(), _attributed[0])
+        seconds = time.perf_counter() - began - (_attributed[0] - attributed)
+        _attributed[0] += seconds
+        STAGE_SECONDS[self.name] = seconds
+        result = {**result, "seconds": round(seconds, 1)}
         if is_main_process():
             write_text_atomic(self.dir / "result.json", json.dumps(result, indent=1))
             write_text_atomic(self._done_file, self.fingerprint + "\n")

@@ -156,3 +156,34 @@ def test_metrics_repeated_by_a_resume_are_read_once(tmp_path):
 
     Tracker(tmp_path, "t", mode="disabled").rewind(2)  # what the trainer does when it resumes at step 2
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 2]
+
+
+def test_a_stage_records_its_own_wall_time_without_the_stages_that_ran_inside_it(tmp_path, monkeypatch):
+    """2a pulls in the general stage after its own first look: general's seconds are not 2a's too. A
+    stage whose first look found it to do counts its preparation (before ``start``)."""
+    from distill import run
+
+    clock = [100.0]
+    monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(run, "STAGE_SECONDS", {})
+    outer, inner = StageRun(tmp_path, "student-intermediate", {"a": 1}), StageRun(tmp_path, "student-general", {"b": 2})
+    assert not outer.is_done()
+    clock[0] += 5  # 2a prepares
+    assert not inner.is_done()
+    clock[0] += 30  # general's preparation and training
+    inner.start()
+    inner.finish({"steps": 3})
+    clock[0] += 2
+    outer.start()
+    clock[0] += 60  # 2a trains
+    outer.finish({"steps": 4})
+    assert run.STAGE_SECONDS == {"student-general": 30.0, "student-intermediate": 67.0}
+    assert json.loads((tmp_path / "student-intermediate" / "result.json").read_text()) == {"steps": 4, "seconds": 67.0}
+
+
+def test_the_distill_summary_gives_each_stage_and_the_ratio_to_the_teacher():
+    from distill.pipeline import describe_times
+
+    line = describe_times({"teacher": 120.0, "student-task": 90.0, "bench": 30.0}, 300.0)
+    assert line == "[distill] wall time 5.0 min: teacher 2.0, 2b 1.5, bench 0.5, other 1.0 (minutes); 2.5x the teacher stage"
+    assert "teacher stage was reused" in describe_times({"student-task": 90.0}, 100.0)
