@@ -5,6 +5,7 @@ Threads are fixed (torch and ONNX Runtime alike) and every model is warmed up be
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ _SOURCE_SIZES: dict[tuple[str, str], tuple[int, float]] = {}
 
 def _source_size(source_dir: str, kind: TaskKind) -> tuple[int, float]:
     """Parameters and encoder FLOPs at 128 tokens of a PyTorch folder (loaded once for all its artifacts)."""
-    key = (str(Path(source_dir).resolve()), type(kind).__name__)
+    from distill.logit_cache import weights_stamp
+
+    key = (str(Path(source_dir).resolve()), json.dumps(weights_stamp(Path(source_dir))), type(kind).__name__)
     if key not in _SOURCE_SIZES:
         source = kind.auto_class.from_pretrained(source_dir)
         _SOURCE_SIZES[key] = (sum(p.numel() for p in source.parameters()), encoder_flops(source, 128))

@@ -358,6 +358,8 @@ def _logit_sink_for_later_stages(ctx: RunContext, objective: DistillObjective, t
         return train_set, None
     if placement(t.intermediate.mixed_precision) != placement(t.prediction.mixed_precision):
         return train_set, None
+    if feature_cache.planned_passes(t.intermediate, len(train_set), 1) < 1:  # it would never see every example
+        return train_set, None
     key = _logit_key(teacher, train_set, t.prediction.mixed_precision, ctx.data.kind)
     if key is None or (ctx.run_dir / logit_cache.CACHE_DIR / f"teacher-logits-{key}").is_dir():
         return train_set, None
@@ -367,7 +369,8 @@ def _logit_sink_for_later_stages(ctx: RunContext, objective: DistillObjective, t
 
 def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set, key: str | None) -> None:
     """After 2a: the logits its teacher passes produced, stored as 2b's cache entry when every example has them
-    (a resumed 2a saw only part of its data: 2b then runs the teacher as usual)."""
+    (a 2a resumed in its last epoch saw only part of its data: 2b then runs the teacher as usual). A write
+    that fails (e.g. a full disk) costs 2b its own teacher pass, never the finished 2a."""
     from distill import logit_cache
 
     sink, objective.logit_sink = objective.logit_sink, None
@@ -375,11 +378,14 @@ def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set
         return
 
     def from_2a(dataset):
-        print(f"[teacher] logits for {len(dataset)} training examples kept from 2a's teacher passes (2b and "
-              "pruning recovery read them: no teacher pass of their own)")
-        return dataset.add_column("teacher_logits", sink.rows)
+        print(f"[teacher] logits for {len(dataset)} training examples kept from 2a's teacher passes (2b reads "
+              "them instead of running the teacher again)")
+        return dataset.add_column("teacher_logits", [row.tolist() for row in sink.rows])
 
-    logit_cache.reuse_or_compute(ctx.run_dir, key, train_set, from_2a)
+    try:
+        logit_cache.reuse_or_compute(ctx.run_dir, key, train_set, from_2a)
+    except OSError as error:
+        print(f"[teacher] keeping 2a's teacher logits failed ({error.strerror or error}); 2b will run the teacher")
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:

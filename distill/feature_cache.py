@@ -349,6 +349,9 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
         problem = _write(objective, dataset, layout, tmp, loader_factory, place, batch_size)
     except OSError as error:  # e.g. the disk filled up after all
         problem = f"writing it failed ({error.strerror or error})"
+    except BaseException:  # out of memory, Ctrl-C...: no scratch folder left for the others to wait on
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if problem:
         shutil.rmtree(tmp, ignore_errors=True)
         _say(f"teacher feature cache off: {problem}; the teacher runs every step")
@@ -403,7 +406,8 @@ def prepare(ctx, objective, teacher_dir: Path | str, train_set):
         damage = FeatureCache.damage(folder)
         if damage:
             _say(f"teacher feature cache {folder} is damaged ({damage}); building it again")
-            shutil.rmtree(folder)
+            (folder / "meta.json").unlink(missing_ok=True)  # unsealed first, so nobody reads what is left
+            shutil.rmtree(folder, ignore_errors=True)  # (a leftover folder makes sealing the new one fail: cache off)
     wait_for_everyone()  # every rank sees the same folder
     reused = (folder / "meta.json").is_file()
     if is_main_process() and not reused:

@@ -25,7 +25,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 CACHE_DIR = "cache"
+WAIT_GRACE_S = 30.0  # distill.ranks.wait_for_main: after the main process's scratch folder is gone
 
 
 def weights_stamp(folder: Path) -> list:
@@ -69,7 +72,7 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
                 shutil.rmtree(tmp, ignore_errors=True)  # the others stop waiting
                 raise
             return out
-        wait_for_main(folder.is_dir, tmp)
+        wait_for_main(folder.is_dir, tmp, grace_s=WAIT_GRACE_S)
         if not folder.is_dir():
             raise RuntimeError(f"the main process did not write the teacher logits {folder}; see its error")
     if cached:
@@ -80,7 +83,8 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
 
 class LogitSink:
     """Teacher logits gathered from a stage's own teacher passes, one row per training example (rows as
-    ``with_teacher_logits`` stores them), found by the batch's ``example_id`` column."""
+    ``with_teacher_logits`` stores them), found by the batch's ``example_id`` column. Rows are kept as
+    float32 arrays; once every example has its row, later passes add nothing (and copy nothing)."""
 
     def __init__(self, examples: int, kind):
         self.rows: list = [None] * examples
@@ -88,11 +92,13 @@ class LogitSink:
         self.missing = examples
 
     def add(self, example_ids, logits, attention_mask) -> None:
+        if self.missing == 0:
+            return
         rows, _ = self.kind.rows(logits.detach().float().cpu().numpy(), None, attention_mask.cpu().numpy())
         for index, row in zip(example_ids.tolist(), rows):
             if self.rows[index] is None:
                 self.missing -= 1
-            self.rows[index] = row.tolist()
+                self.rows[index] = np.array(row, dtype=np.float32)  # a copy: rows may be views of the batch
 
     @property
     def complete(self) -> bool:

@@ -214,6 +214,7 @@ def run_distill(cfg: ExperimentConfig) -> None:
     from distill.ranks import is_main_process
     from distill.run import STAGE_SECONDS
 
+    STAGE_SECONDS.clear()  # this command's stages only
     began = time.perf_counter()
     ctx = _context(cfg)
     folder = run_prediction(ctx)  # pulls in the teacher and general stages it needs
@@ -222,13 +223,15 @@ def run_distill(cfg: ExperimentConfig) -> None:
         print(f"[distill] pruned student: {prune(ctx)}")
     if cfg.export.enabled:
         print(f"[distill] ONNX artifacts: {export(ctx)}")
-    bench_began = time.perf_counter()
+    bench_began, staged = time.perf_counter(), sum(STAGE_SECONDS.values())
     run_bench(ctx)
-    times = {**STAGE_SECONDS, "bench": time.perf_counter() - bench_began}
-    print(describe_times(times, time.perf_counter() - began))
+    bench = time.perf_counter() - bench_began - (sum(STAGE_SECONDS.values()) - staged)  # not stages it ran
+    times = {**STAGE_SECONDS, "bench": bench}
+    total = time.perf_counter() - began
     if is_main_process():
-        write_text_atomic(ctx.run_dir / "timings.json", json.dumps({"total": round(time.perf_counter() - began, 1),
-                                                                    **{k: round(v, 1) for k, v in times.items()}}))
+        print(describe_times(times, total))
+        write_text_atomic(ctx.run_dir / "timings.json",
+                          json.dumps({"total": round(total, 1), **{k: round(v, 1) for k, v in times.items()}}))
 
 
 STAGE_LABELS = {"teacher": "teacher", "student-general": "general", "student-intermediate": "2a",
@@ -244,7 +247,7 @@ def describe_times(times: dict[str, float], total: float) -> str:
     if times.get("teacher"):
         line += f" (minutes); {total / times['teacher']:.1f}x the teacher stage"
     else:
-        line += " (minutes); the teacher stage was reused"
+        line += " (minutes); no teacher stage ran in this command"
     return line
 
 

@@ -29,9 +29,15 @@ def process_count() -> int:
     return _state().num_processes
 
 
-def wait_for_main(done: Callable[[], bool], scratch: Path, poll_s: float = 1.0) -> None:
+def wait_for_main(done: Callable[[], bool], scratch: Path, poll_s: float = 1.0, grace_s: float = 30.0) -> None:
     """A process other than the main one: sleep until the main process has finished writing (``done()``)
     or given up (its ``scratch`` folder gone). Polling the file system, not a collective barrier, so a
-    long teacher pass on the main process hits no process-group timeout (30 min gloo, often 10 min NCCL)."""
+    long teacher pass on the main process hits no process-group timeout (30 min gloo, often 10 min NCCL).
+    When a build was under way, ``done()`` gets ``grace_s`` more once the scratch folder is gone: on a
+    shared file system (NFS) another machine may see the two halves of the rename apart."""
+    building = Path(scratch).is_dir()
     while not done() and Path(scratch).is_dir():
+        time.sleep(poll_s)
+    end = time.monotonic() + (grace_s if building else 0.0)
+    while not done() and time.monotonic() < end:
         time.sleep(poll_s)

@@ -328,3 +328,19 @@ def test_other_processes_wait_outside_any_collective_until_the_cache_is_sealed_o
     start = time.perf_counter()
     wait_for_main((tmp_path / "other" / "meta.json").is_file, tmp_path / "other.tmp", poll_s=0.01)  # nothing being built
     assert time.perf_counter() - start < 0.3
+
+    # a shared file system may show the scratch folder gone before the sealed folder appears
+    late, scratch = tmp_path / "late", tmp_path / "late.tmp"
+    scratch.mkdir()
+
+    def appear_late():
+        time.sleep(0.1)
+        scratch.rmdir()
+        time.sleep(0.3)
+        late.mkdir()
+
+    thread = threading.Thread(target=appear_late)
+    thread.start()
+    wait_for_main(late.is_dir, scratch, poll_s=0.01, grace_s=5.0)
+    thread.join()
+    assert late.is_dir()

@@ -108,6 +108,7 @@ def test_a_failed_teacher_pass_on_the_main_process_frees_the_others_and_leaves_n
         logit_cache.reuse_or_compute(tmp_path, "k", _train_set(tokenizer), compute)
     assert list((tmp_path / logit_cache.CACHE_DIR).iterdir()) == []  # scratch gone: waiting ranks stop
     monkeypatch.setattr(ranks, "is_main_process", lambda: False)
+    monkeypatch.setattr(logit_cache, "WAIT_GRACE_S", 0.0)
     with pytest.raises(RuntimeError, match="did not write the teacher logits"):
         logit_cache.reuse_or_compute(tmp_path, "k", _train_set(tokenizer), compute)  # nothing being built
 
@@ -166,3 +167,63 @@ def test_2b_runs_its_own_teacher_pass_when_2a_cannot_give_it_every_logit(tmp_pat
         assert "computed once" in out  # 2b's own pass
     else:  # 2b reads hidden states: the teacher runs every step, nothing is cached
         assert not list((ctx.run_dir / "cache").glob("teacher-logits-*"))
+
+
+@pytest.mark.parametrize("kind_name", ["sequence_classification", "token_classification", "question_answering"])
+def test_kept_rows_are_each_examples_own_unpadded_logits_for_every_task_kind(tokenizer, kind_name):
+    """Rows gathered from shuffled, padded batches equal each example's logits run alone (per-token kinds:
+    one row per real token, padding dropped), and a second pass copies nothing."""
+    import torch
+    from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+
+    from distill.tasks import KINDS
+    from tests.conftest import tiny_config
+
+    kind = KINDS[kind_name]
+    model_class = {"sequence_classification": BertForSequenceClassification,
+                   "token_classification": BertForTokenClassification,
+                   "question_answering": BertForQuestionAnswering}[kind_name]
+    torch.manual_seed(0)
+    model = model_class(tiny_config(num_labels=2 if kind_name != "token_classification" else 5)).eval()
+    texts = ["a good film", "the worst thing ever made by anyone", "fine", "two thumbs up for the whole cast",
+             "meh", "not my cup of tea at all"]
+    sink = logit_cache.LogitSink(len(texts), kind)
+    for ids in ([3, 0, 5], [1, 4, 2]):
+        enc = tokenizer([texts[i] for i in ids], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            sink.add(torch.tensor(ids), kind.logits(model(**enc)), enc["attention_mask"])
+    assert sink.complete
+    for i, text in enumerate(texts):
+        enc = tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            alone = kind.logits(model(**enc))[0].numpy()
+        assert sink.rows[i].shape == alone.shape  # (labels,) or (real tokens, labels)
+        np.testing.assert_allclose(sink.rows[i], alone, atol=1e-5)
+    before = [row.copy() for row in sink.rows]
+    enc = tokenizer(texts[:2], padding=True, return_tensors="pt")
+    sink.add(torch.tensor([0, 1]), torch.zeros_like(kind.logits(model(**enc))), enc["attention_mask"])
+    assert all(np.array_equal(a, b) for a, b in zip(before, sink.rows))  # complete: later passes ignored
+
+
+@pytest.mark.parametrize("guard", ["other precision in 2b", "several processes", "2a shorter than one pass"])
+def test_2a_keeps_no_logits_when_2b_could_not_trust_them(tmp_path, tiny_teacher_dir, task_folder, capsys,
+                                                         monkeypatch, guard):
+    from distill import distillation
+
+    extra = ["task_distill.intermediate.epochs=1"]
+    if guard == "other precision in 2b":
+        extra.append("task_distill.prediction.mixed_precision=bf16")  # CPU autocast: another key than 2a's
+    elif guard == "2a shorter than one pass":
+        extra.append("task_distill.intermediate.max_steps=2")
+    ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, *extra)
+    if guard == "several processes":
+        monkeypatch.setattr(distillation, "process_count", lambda: 2)
+        teacher = distillation.load_finetuned(tiny_teacher_dir)
+        objective = distillation.task_objective(ctx, ctx.cfg.task_distill.intermediate_losses,
+                                                distillation.load_finetuned(tiny_teacher_dir), teacher)
+        train_set, key = distillation._logit_sink_for_later_stages(ctx, objective, teacher, ctx.tokenized["train"])
+        assert key is None and objective.logit_sink is None and "example_id" not in train_set.column_names
+        return
+    distillation.run_intermediate(ctx)
+    assert "kept from 2a's" not in capsys.readouterr().out
+    assert not list((ctx.run_dir / "cache").glob("teacher-logits-*"))

@@ -186,4 +186,4 @@ def test_the_distill_summary_gives_each_stage_and_the_ratio_to_the_teacher():
 
     line = describe_times({"teacher": 120.0, "student-task": 90.0, "bench": 30.0}, 300.0)
     assert line == "[distill] wall time 5.0 min: teacher 2.0, 2b 1.5, bench 0.5, other 1.0 (minutes); 2.5x the teacher stage"
-    assert "teacher stage was reused" in describe_times({"student-task": 90.0}, 100.0)
+    assert "no teacher stage ran in this command" in describe_times({"student-task": 90.0}, 100.0)
