@@ -99,15 +99,20 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
                 offset += len(data)
 
 
+def _nonempty_lines(texts: Iterable[str]) -> Iterator[str]:
+    """Every non-empty line of ``texts``, stripped: how a text file (or the wiki cache) reads as documents."""
+    for text in texts:
+        for part in text.splitlines():
+            if part.strip():
+                yield part.strip()
+
+
 def iter_text_file_paragraphs(path: Path) -> Iterator[str]:
     """Non-empty lines of a text file, or of every .txt file in a folder (sorted), one at a time."""
     for file in text_files(path):
         with open(file, encoding="utf-8") as fh:
             try:
-                for line in fh:
-                    for part in line.splitlines():
-                        if part.strip():
-                            yield part.strip()
+                yield from _nonempty_lines(fh)
             except UnicodeDecodeError:
                 check_utf8(file)  # says where
                 raise
@@ -198,14 +203,6 @@ def _hub_texts(corpus: str, text_column: str, streaming: bool) -> Iterable[str]:
     return data[text_column]
 
 
-def _as_cached_lines(paragraphs: Iterable[str]) -> Iterator[str]:
-    """Paragraphs exactly as they read back from the wiki cache file (one per line, stripped)."""
-    for para in paragraphs:
-        for part in para.splitlines():
-            if part.strip():
-                yield part.strip()
-
-
 def iter_documents(corpus: str, cache_dir: Path | None = None, text_column: str = "text",
                    streaming: bool = False, build_cache: bool = True) -> Iterator[str]:
     """The documents of ``corpus`` one at a time, never all in memory when ``streaming`` (a datasets name
@@ -217,7 +214,7 @@ def iter_documents(corpus: str, cache_dir: Path | None = None, text_column: str 
         if cache_dir is None:
             return iter_wiki_paragraphs(assets.wiki_excerpt())
         if not build_cache and not _wiki_cache_path(cache_dir).is_file():
-            return _as_cached_lines(iter_wiki_paragraphs(assets.wiki_excerpt()))
+            return _nonempty_lines(iter_wiki_paragraphs(assets.wiki_excerpt()))  # as the cache reads back
         return iter_text_file_paragraphs(_wiki_cache(cache_dir))
     if corpus == BIGBENCH_WIKI:
         return iter_text_file_paragraphs(bigbench_wiki_paragraphs())

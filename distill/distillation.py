@@ -361,7 +361,7 @@ def _logit_sink_for_later_stages(ctx: RunContext, objective: DistillObjective, t
     if feature_cache.planned_passes(t.intermediate, len(train_set), 1) < 1:  # it would never see every example
         return train_set, None
     key = _logit_key(teacher, train_set, t.prediction.mixed_precision, ctx.data.kind)
-    if key is None or (ctx.run_dir / logit_cache.CACHE_DIR / f"teacher-logits-{key}").is_dir():
+    if key is None or logit_cache.entry_folder(ctx.run_dir, key).is_dir():
         return train_set, None
     objective.logit_sink = logit_cache.LogitSink(len(train_set), ctx.data.kind)
     return train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64)), key

@@ -79,6 +79,10 @@ class Layout:
             parts.setdefault("scores", []).append(str(layer + 1))
         return "; ".join(f"{kind} {','.join(layers)}" for kind, layers in parts.items())
 
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Layout":
+        return cls(tuple(tuple(c) for c in meta["columns"]), tuple(tuple(s) for s in meta["score_layers"]))
+
     def size_bytes(self, lengths: np.ndarray) -> int:
         lengths = lengths.astype(np.int64)
         return int(BYTES * (lengths.sum() * self.width + (lengths ** 2).sum() * self.score_heads))
@@ -184,7 +188,7 @@ class FeatureCache:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         meta = json.loads((self.folder / "meta.json").read_text())
-        self.layout = Layout(tuple(tuple(c) for c in meta["columns"]), tuple(tuple(s) for s in meta["score_layers"]))
+        self.layout = Layout.from_meta(meta)
         self.num_layers = meta["teacher_layers"]
         self.heads = meta["teacher_heads"]
         index = np.load(self.folder / "index.npy")  # (examples, 3): token start, pair start, length
@@ -203,7 +207,7 @@ class FeatureCache:
             meta = json.loads((folder / "meta.json").read_text())
             index = np.load(folder / "index.npy")
             lengths = index[:, 2].astype(np.int64)
-            layout = Layout(tuple(tuple(c) for c in meta["columns"]), tuple(tuple(s) for s in meta["score_layers"]))
+            layout = Layout.from_meta(meta)
             want = {"tokens.f16": int(lengths.sum()) * layout.width * BYTES,
                     "pairs.f16": int((lengths ** 2).sum()) * layout.score_heads * BYTES}
             if len(index) != meta["examples"]:
@@ -345,23 +349,21 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
     remove it and say why. Other keys' folders go once a new one is sealed."""
     tmp = folder.with_name(folder.name + ".tmp")
     start = time.perf_counter()
+    step = "writing it"
     try:
         problem = _write(objective, dataset, layout, tmp, loader_factory, place, batch_size)
+        if problem is None:
+            step = "sealing it"
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            tmp.rename(folder)
     except OSError as error:  # e.g. the disk filled up after all
-        problem = f"writing it failed ({error.strerror or error})"
+        problem = f"{step} failed ({error.strerror or error})"
     except BaseException:  # out of memory, Ctrl-C...: no scratch folder left for the others to wait on
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if problem:
         shutil.rmtree(tmp, ignore_errors=True)
         _say(f"teacher feature cache off: {problem}; the teacher runs every step")
-        return
-    try:
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        tmp.rename(folder)
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _say(f"teacher feature cache off: sealing it failed ({error.strerror or error}); the teacher runs every step")
         return
     for other in folder.parent.glob(PREFIX + "*"):
         if other != folder:

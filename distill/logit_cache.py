@@ -46,6 +46,11 @@ def cache_key(teacher_dir: Path | str, dataset, device_type: str, dtype, kind_na
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
 
+def entry_folder(run_dir: Path, key: str) -> Path:
+    """Where the logits stored under ``key`` live in a run folder."""
+    return Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
+
+
 def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Callable):
     """``dataset`` with its ``teacher_logits`` column: read from the run's cache when ``key`` is there,
     else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed)."""
@@ -55,7 +60,7 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
 
     if key is None or run_dir is None:
         return compute(dataset)
-    folder = Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
+    folder = entry_folder(run_dir, key)
     tmp = folder.with_name(folder.name + ".tmp")
     cached = folder.is_dir()
     if not cached and is_main_process():

@@ -212,7 +212,7 @@ def run_distill(cfg: ExperimentConfig) -> None:
     from distill.bench import run_bench
     from distill.fsutil import write_text_atomic
     from distill.ranks import is_main_process
-    from distill.run import STAGE_SECONDS
+    from distill.run import STAGE_SECONDS, attributed_seconds
 
     STAGE_SECONDS.clear()  # this command's stages only
     began = time.perf_counter()
@@ -223,9 +223,9 @@ def run_distill(cfg: ExperimentConfig) -> None:
         print(f"[distill] pruned student: {prune(ctx)}")
     if cfg.export.enabled:
         print(f"[distill] ONNX artifacts: {export(ctx)}")
-    bench_began, staged = time.perf_counter(), sum(STAGE_SECONDS.values())
+    bench_began, staged = time.perf_counter(), attributed_seconds()
     run_bench(ctx)
-    bench = time.perf_counter() - bench_began - (sum(STAGE_SECONDS.values()) - staged)  # not stages it ran
+    bench = time.perf_counter() - bench_began - (attributed_seconds() - staged)  # not stages it ran
     times = {**STAGE_SECONDS, "bench": bench}
     total = time.perf_counter() - began
     if is_main_process():

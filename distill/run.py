@@ -33,6 +33,11 @@ _attributed = [0.0]
 _ON_FIRST_START: dict[Path, Callable[[], None]] = {}
 
 
+def attributed_seconds() -> float:
+    """Wall seconds of every stage this process has finished so far (each counted once)."""
+    return _attributed[0]
+
+
 def on_first_stage_start(run_dir: Path, callback: Callable[[], None]) -> None:
     """Call ``callback`` once, when the first stage of ``run_dir`` starts work in this process (e.g. to
     record the run's config only once the stage checks have passed)."""
