@@ -279,11 +279,11 @@ def run_intermediate(ctx: RunContext) -> Path:
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
                    stage.dir, save_model=_distill_saver(ctx), tracker=tracker, seed=cfg.seed, desc="2a intermediate")
-    _keep_teacher_logits(ctx, objective, plain_set, logit_key)
     final = result.history[-1] if result.history else {}
     tracker.summary(final)
     tracker.finish()
     stage.finish({"steps": result.step, "init": init, "train_examples": len(train_set), "final": final})
+    _keep_teacher_logits(ctx, objective, plain_set, logit_key)  # after finish: it can never cost the finished 2a
     return stage.model_dir
 
 
@@ -369,8 +369,9 @@ def _logit_sink_for_later_stages(ctx: RunContext, objective: DistillObjective, t
 
 def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set, key: str | None) -> None:
     """After 2a: the logits its teacher passes produced, stored as 2b's cache entry when every example has them
-    (a 2a resumed in its last epoch saw only part of its data: 2b then runs the teacher as usual). A write
-    that fails (e.g. a full disk) costs 2b its own teacher pass, never the finished 2a."""
+    (a 2a resumed in its last epoch saw only part of its data: 2b then runs the teacher as usual). Called
+    after 2a is recorded finished: any failure here (full disk, memory, Arrow) costs 2b its own teacher
+    pass, never the finished 2a."""
     from distill import logit_cache
 
     sink, objective.logit_sink = objective.logit_sink, None
@@ -384,8 +385,10 @@ def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set
 
     try:
         logit_cache.reuse_or_compute(ctx.run_dir, key, train_set, from_2a)
-    except OSError as error:
-        print(f"[teacher] keeping 2a's teacher logits failed ({error.strerror or error}); 2b will run the teacher")
+    except Exception as error:  # noqa: BLE001  (memory, Arrow, disk: 2b falls back to its own teacher pass)
+        reason = getattr(error, "strerror", None) or error
+        print(f"[teacher] keeping 2a's teacher logits failed ({type(error).__name__}: {reason}); 2b will run the "
+              "teacher")
 
 
 def _final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:

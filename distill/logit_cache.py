@@ -51,17 +51,38 @@ def entry_folder(run_dir: Path, key: str) -> Path:
     return Path(run_dir) / CACHE_DIR / f"teacher-logits-{key}"
 
 
+def _load_entry(folder: Path, dataset):
+    """The stored ``teacher_logits`` column, or None when the folder is damaged (a file cut short or
+    missing, another row count): such an entry is computed again, never read."""
+    from datasets import load_from_disk
+
+    try:
+        stored = load_from_disk(str(folder))
+    except Exception:  # noqa: BLE001  (Arrow, JSON and file errors all mean: not a usable entry)
+        return None
+    if stored.num_rows != len(dataset) or stored.column_names != ["teacher_logits"]:
+        return None
+    return stored
+
+
 def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Callable):
     """``dataset`` with its ``teacher_logits`` column: read from the run's cache when ``key`` is there,
-    else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed)."""
-    from datasets import concatenate_datasets, load_from_disk
+    else ``compute(dataset)`` and stored under ``key`` (written to a temporary name, then renamed). A
+    damaged entry is removed and computed again; in one process, a write that fails (full disk) leaves
+    the logits uncached and the stage going."""
+    from datasets import concatenate_datasets
 
-    from distill.ranks import is_main_process, wait_for_everyone, wait_for_main
+    from distill.ranks import is_main_process, process_count, wait_for_everyone, wait_for_main
 
     if key is None or run_dir is None:
         return compute(dataset)
     folder = entry_folder(run_dir, key)
     tmp = folder.with_name(folder.name + ".tmp")
+    if is_main_process() and folder.is_dir() and _load_entry(folder, dataset) is None:
+        print(f"[teacher] the cached logits in {folder} are damaged (a file cut short or missing); "
+              "computing them again")
+        shutil.rmtree(folder, ignore_errors=True)
+    wait_for_everyone()  # a damaged entry is gone before any rank looks
     cached = folder.is_dir()
     if not cached and is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
@@ -71,19 +92,30 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
         if is_main_process():
             try:
                 out = compute(dataset)
-                out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
-                tmp.rename(folder)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)  # the others stop waiting
                 raise
+            try:
+                out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+                tmp.rename(folder)
+            except BaseException as error:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not isinstance(error, OSError) or process_count() > 1:  # the other ranks need the entry
+                    raise
+                print(f"[teacher] could not store the teacher logits in {folder} ({error.strerror or error}); "
+                      "this stage goes on with them in memory, the next computes its own")
             return out
-        wait_for_main(folder.is_dir, tmp, grace_s=WAIT_GRACE_S)
+        wait_for_main(folder.is_dir, tmp, grace_s=WAIT_GRACE_S, building=True)
         if not folder.is_dir():
             raise RuntimeError(f"the main process did not write the teacher logits {folder}; see its error")
+    stored = _load_entry(folder, dataset)
+    if stored is None:
+        raise RuntimeError(f"the teacher logits in {folder} cannot be read (damaged or incomplete); delete that "
+                           "folder and run the stage again")
     if cached:
         print(f"[teacher] logits for {len(dataset)} training examples reused from {folder}")
     # joined column-wise in Arrow: turning 10k rows into Python lists and back took ~6 s a stage
-    return concatenate_datasets([dataset, load_from_disk(str(folder))], axis=1)
+    return concatenate_datasets([dataset, stored], axis=1)
 
 
 class LogitSink:

@@ -29,13 +29,17 @@ def process_count() -> int:
     return _state().num_processes
 
 
-def wait_for_main(done: Callable[[], bool], scratch: Path, poll_s: float = 1.0, grace_s: float = 30.0) -> None:
+def wait_for_main(done: Callable[[], bool], scratch: Path, poll_s: float = 1.0, grace_s: float = 30.0,
+                  building: bool | None = None) -> None:
     """A process other than the main one: sleep until the main process has finished writing (``done()``)
     or given up (its ``scratch`` folder gone). Polling the file system, not a collective barrier, so a
     long teacher pass on the main process hits no process-group timeout (30 min gloo, often 10 min NCCL).
     When a build was under way, ``done()`` gets ``grace_s`` more once the scratch folder is gone: on a
-    shared file system (NFS) another machine may see the two halves of the rename apart."""
-    building = Path(scratch).is_dir()
+    shared file system (NFS) another machine may see the two halves of the rename apart. ``building``: the
+    caller knows the main process started a build (it made the scratch folder before a barrier), so the
+    grace applies even when the scratch folder is already gone on entry; None: judged from the folder."""
+    if building is None:
+        building = Path(scratch).is_dir()
     while not done() and Path(scratch).is_dir():
         time.sleep(poll_s)
     end = time.monotonic() + (grace_s if building else 0.0)
