@@ -273,8 +273,7 @@ def run_intermediate(ctx: RunContext) -> Path:
     stage.start()
     print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n"
           f"{describe(objective.matches)}")
-    plain_set = train_set
-    train_set, logit_key = _logit_sink_for_later_stages(ctx, objective, teacher, train_set)
+    train_set = _logit_sink_for_later_stages(ctx, objective, teacher, train_set)
     train_set = feature_cache.prepare(ctx, objective, teacher_dir, train_set)  # when >= 2 epochs and it fits
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, ctx.loader("train", t.intermediate.batch_size, True, train_set), t.intermediate,
@@ -283,7 +282,7 @@ def run_intermediate(ctx: RunContext) -> Path:
     tracker.summary(final)
     tracker.finish()
     stage.finish({"steps": result.step, "init": init, "train_examples": len(train_set), "final": final})
-    _keep_teacher_logits(ctx, objective, plain_set, logit_key)  # after finish: it can never cost the finished 2a
+    objective.logit_sink = None  # (stored when it completed; an incomplete one leaves 2b its own pass)
     return stage.model_dir
 
 
@@ -347,31 +346,32 @@ def _logit_sink_for_later_stages(ctx: RunContext, objective: DistillObjective, t
     """Stage 2a runs the teacher over the very examples 2b then distils the logits of: keep those logits
     (a LogitSink on the objective, example ids on the training set) so 2b and pruning recovery need no
     teacher pass of their own. Only when 2b trains output losses alone on the same data in the same
-    precision, in one process (a rank sees a shard), and its cache entry is not there yet.
-    Returns (training set, the cache key to write) or (training set unchanged, None)."""
+    precision, in one process (a rank sees a shard), and its cache entry is not there yet. The entry is
+    written the moment the sink holds every example (after the feature-cache build, or during 2a's first
+    pass). Returns the training set, with an example id column when the sink is on."""
     from distill import logit_cache
     from distill.feature_cache import ID_COLUMN
 
     t = ctx.cfg.task_distill
     later = losses_for_task(t.prediction_losses, ctx.data.is_regression)
     if not later or any(LOSSES[name].feature not in ("logits", "labels") for name in later) or process_count() > 1:
-        return train_set, None
+        return train_set
     if placement(t.intermediate.mixed_precision) != placement(t.prediction.mixed_precision):
-        return train_set, None
+        return train_set
     if feature_cache.planned_passes(t.intermediate, len(train_set), 1) < 1:  # it would never see every example
-        return train_set, None
+        return train_set
     key = _logit_key(teacher, train_set, t.prediction.mixed_precision, ctx.data.kind)
     if key is None or logit_cache.entry_folder(ctx.run_dir, key).is_dir():
-        return train_set, None
-    objective.logit_sink = logit_cache.LogitSink(len(train_set), ctx.data.kind)
-    return train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64)), key
+        return train_set
+    objective.logit_sink = logit_cache.LogitSink(
+        len(train_set), ctx.data.kind, on_complete=lambda: _keep_teacher_logits(ctx, objective, train_set, key))
+    return train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64))
 
 
 def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set, key: str | None) -> None:
-    """After 2a: the logits its teacher passes produced, stored as 2b's cache entry when every example has them
-    (a 2a resumed in its last epoch saw only part of its data: 2b then runs the teacher as usual). Called
-    after 2a is recorded finished: any failure here (full disk, memory, Arrow) costs 2b its own teacher
-    pass, never the finished 2a."""
+    """The logits 2a's teacher passes produced, stored as 2b's cache entry once every example has them
+    (a 2a resumed in its last epoch sees only part of its data: 2b then runs the teacher as usual). Any
+    failure here (full disk, memory, Arrow) costs 2b its own teacher pass, never 2a's training."""
     from distill import logit_cache
 
     sink, objective.logit_sink = objective.logit_sink, None

@@ -121,12 +121,15 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
 class LogitSink:
     """Teacher logits gathered from a stage's own teacher passes, one row per training example (rows as
     ``with_teacher_logits`` stores them), found by the batch's ``example_id`` column. Rows are kept as
-    float32 arrays; once every example has its row, later passes add nothing (and copy nothing)."""
+    float32 arrays; once every example has its row, later passes add nothing (and copy nothing), and
+    ``on_complete()`` (when set) runs once, right then: 2a stores the entry at that moment, so a 2a killed
+    later (a second epoch, or training after its feature cache was built) still leaves it to 2b."""
 
-    def __init__(self, examples: int, kind):
+    def __init__(self, examples: int, kind, on_complete: Callable[[], None] | None = None):
         self.rows: list = [None] * examples
         self.kind = kind
         self.missing = examples
+        self.on_complete = on_complete
 
     def add(self, example_ids, logits, attention_mask) -> None:
         if self.missing == 0:
@@ -136,6 +139,9 @@ class LogitSink:
             if self.rows[index] is None:
                 self.missing -= 1
                 self.rows[index] = np.array(row, dtype=np.float32)  # a copy: rows may be views of the batch
+        if self.missing == 0 and self.on_complete is not None:
+            done, self.on_complete = self.on_complete, None
+            done()
 
     @property
     def complete(self) -> bool:

@@ -218,6 +218,41 @@ def test_2a_keeps_its_teacher_logits_and_2b_reads_them_instead_of_running_the_te
     np.testing.assert_allclose(kept, np.array(fresh["teacher_logits"]), atol=1e-5)
 
 
+@pytest.mark.parametrize("feature_cache", [False, True])
+def test_a_2a_killed_after_its_teacher_saw_every_example_still_leaves_2b_the_logits(tmp_path, tiny_teacher_dir,
+                                                                                  task_folder, capsys, monkeypatch,
+                                                                                  feature_cache):
+    """The entry is stored the moment 2a's teacher has seen every example (end of the first epoch, or the
+    feature cache's build), not when 2a ends: a 2a killed in its second epoch (or right after the build),
+    then run again, leaves 2b no teacher pass to run (it used to lose the logits and run one)."""
+    import math
+
+    from distill import distillation
+    from distill.objectives import DistillObjective
+
+    ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, "task_distill.intermediate.epochs=2",
+                    f"task_distill.feature_cache={str(feature_cache).lower()}")
+    per_epoch = math.ceil(len(ctx.tokenized["train"]) / 8)
+    crash_at = 1 if feature_cache else per_epoch + 1  # right after the build / first step of epoch 2
+    calls, real_call = [], DistillObjective.__call__
+
+    def dies(self, batch):
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt("killed")
+        return real_call(self, batch)
+
+    monkeypatch.setattr(DistillObjective, "__call__", dies)
+    with pytest.raises(KeyboardInterrupt):
+        distillation.run_intermediate(ctx)
+    assert "kept from 2a's teacher passes" in capsys.readouterr().out
+    monkeypatch.setattr(DistillObjective, "__call__", real_call)
+    distillation.run_prediction(ctx)
+    out = capsys.readouterr().out
+    assert "reused from" in out and "training examples, computed once" not in out
+    assert len(list((ctx.run_dir / "cache").glob("teacher-logits-*"))) == 1
+
+
 @pytest.mark.parametrize("setting", ["task_distill.intermediate.max_steps=2",  # part of an epoch: some rows missing
                                      "task_distill.prediction_losses={hidden_mse: 1.0, soft_ce: 1.0}"])
 def test_2b_runs_its_own_teacher_pass_when_2a_cannot_give_it_every_logit(tmp_path, tiny_teacher_dir, task_folder,
@@ -286,8 +321,8 @@ def test_2a_keeps_no_logits_when_2b_could_not_trust_them(tmp_path, tiny_teacher_
         teacher = distillation.load_finetuned(tiny_teacher_dir)
         objective = distillation.task_objective(ctx, ctx.cfg.task_distill.intermediate_losses,
                                                 distillation.load_finetuned(tiny_teacher_dir), teacher)
-        train_set, key = distillation._logit_sink_for_later_stages(ctx, objective, teacher, ctx.tokenized["train"])
-        assert key is None and objective.logit_sink is None and "example_id" not in train_set.column_names
+        train_set = distillation._logit_sink_for_later_stages(ctx, objective, teacher, ctx.tokenized["train"])
+        assert objective.logit_sink is None and "example_id" not in train_set.column_names
         return
     distillation.run_intermediate(ctx)
     assert "kept from 2a's" not in capsys.readouterr().out
