@@ -46,7 +46,7 @@ from distill.layer_map import Match
 from distill.logit_cache import CACHE_DIR, weights_stamp
 from distill.losses import LOSSES
 from distill.placement import placement
-from distill.ranks import is_main_process, process_count, wait_for_everyone, wait_for_main
+from distill.ranks import HEARTBEAT, heartbeat, is_main_process, process_count, wait_for_everyone, wait_for_main
 
 PREFIX = "teacher-features-"
 FORMAT = 1  # bump when the stored layout changes: old folders then have another key
@@ -351,7 +351,9 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
     start = time.perf_counter()
     step = "writing it"
     try:
-        problem = _write(objective, dataset, layout, tmp, loader_factory, place, batch_size)
+        with heartbeat(tmp):  # the waiting processes can tell a long build from a dead process
+            problem = _write(objective, dataset, layout, tmp, loader_factory, place, batch_size)
+        (tmp / HEARTBEAT).unlink(missing_ok=True)
         if problem is None:
             step = "sealing it"
             (tmp / "meta.json").write_text(json.dumps(meta))

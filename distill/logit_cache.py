@@ -72,7 +72,7 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
     the logits uncached and the stage going."""
     from datasets import concatenate_datasets
 
-    from distill.ranks import is_main_process, process_count, wait_for_everyone, wait_for_main
+    from distill.ranks import HEARTBEAT, heartbeat, is_main_process, process_count, wait_for_everyone, wait_for_main
 
     if key is None or run_dir is None:
         return compute(dataset)
@@ -91,12 +91,15 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
     if not cached:
         if is_main_process():
             try:
-                out = compute(dataset)
+                with heartbeat(tmp):  # the others can tell a long teacher pass from a dead process
+                    out = compute(dataset)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)  # the others stop waiting
                 raise
             try:
-                out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+                with heartbeat(tmp):
+                    out.select_columns(["teacher_logits"]).save_to_disk(str(tmp))
+                (tmp / HEARTBEAT).unlink(missing_ok=True)
                 tmp.rename(folder)
             except BaseException as error:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -344,3 +344,55 @@ def test_other_processes_wait_outside_any_collective_until_the_cache_is_sealed_o
     wait_for_main(late.is_dir, scratch, poll_s=0.01, grace_s=5.0)
     thread.join()
     assert late.is_dir()
+
+
+def test_waiting_processes_give_up_on_a_main_process_that_died_mid_build_but_not_on_a_slow_one(tmp_path):
+    """A main process killed mid-build (SIGKILL, out of memory) leaves its scratch folder: the others used to
+    poll it for ever. Its heartbeat stops changing, so they raise; a live build keeps beating and is waited on."""
+    import threading
+    import time
+
+    from distill.ranks import HEARTBEAT, heartbeat, wait_for_main
+
+    dead = tmp_path / "dead.tmp"
+    dead.mkdir()
+    (dead / HEARTBEAT).touch()  # what the killed process last wrote
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="stopped writing"):
+        wait_for_main((tmp_path / "dead" / "meta.json").is_file, dead, poll_s=0.01, stale_s=0.3)
+    assert time.perf_counter() - start < 5
+
+    slow, folder = tmp_path / "slow.tmp", tmp_path / "slow"
+    slow.mkdir()
+
+    def build():
+        with heartbeat(slow, every_s=0.05):
+            time.sleep(1.0)  # three times the staleness limit
+        (slow / HEARTBEAT).unlink()
+        slow.rename(folder)
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    wait_for_main(folder.is_dir, slow, poll_s=0.01, stale_s=0.3)
+    thread.join()
+    assert folder.is_dir() and not (folder / HEARTBEAT).exists()
+
+
+def test_the_heartbeat_stops_with_its_block_and_outlives_no_folder(tmp_path):
+    import time
+
+    from distill.ranks import HEARTBEAT, heartbeat
+
+    scratch = tmp_path / "x.tmp"
+    scratch.mkdir()
+    with heartbeat(scratch, every_s=0.02):
+        first = (scratch / HEARTBEAT).stat().st_mtime_ns
+        time.sleep(0.2)
+        assert (scratch / HEARTBEAT).stat().st_mtime_ns > first
+    last = (scratch / HEARTBEAT).stat().st_mtime_ns
+    time.sleep(0.1)
+    assert (scratch / HEARTBEAT).stat().st_mtime_ns == last  # the thread is gone
+    gone = tmp_path / "gone.tmp"  # a folder removed (e.g. on an error): the thread stops quietly, creates nothing
+    with heartbeat(gone, every_s=0.02):
+        time.sleep(0.1)
+    assert not gone.exists()

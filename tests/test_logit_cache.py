@@ -327,3 +327,17 @@ def test_2a_keeps_no_logits_when_2b_could_not_trust_them(tmp_path, tiny_teacher_
     distillation.run_intermediate(ctx)
     assert "kept from 2a's" not in capsys.readouterr().out
     assert not list((ctx.run_dir / "cache").glob("teacher-logits-*"))
+
+
+def test_the_main_process_shows_signs_of_life_while_it_computes_and_the_entry_holds_no_trace(tmp_path, tokenizer):
+    from distill.ranks import HEARTBEAT
+
+    seen = []
+
+    def compute(ds):
+        seen.append((logit_cache.entry_folder(tmp_path, "k").with_name("teacher-logits-k.tmp") / HEARTBEAT).is_file())
+        return _stored_logits(ds)
+
+    logit_cache.reuse_or_compute(tmp_path, "k", _train_set(tokenizer), compute)
+    assert seen == [True]
+    assert not (logit_cache.entry_folder(tmp_path, "k") / HEARTBEAT).exists()
