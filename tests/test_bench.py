@@ -54,3 +54,27 @@ def test_onnx_runtime_profile_goes_to_a_temporary_folder(small_vocab_export, tmp
     per_op = _profile(root / "export" / "teacher-fp32-fused" / "model.onnx", batches[0], threads=1, runs=2)
     assert per_op and all(ms >= 0 for ms in per_op.values())
     assert list(tmp_path.iterdir()) == []  # no onnxruntime_profile_*.json in the working directory
+
+
+def test_source_sizes_are_loaded_once_per_weights_and_follow_a_retrained_folder(tmp_path, tokenizer):
+    """Bench rows of one source share its parameter and FLOP count (the folder is loaded once); a model
+    saved again under the same path (other weights) is measured again, never served from the cache."""
+    from transformers import BertForSequenceClassification
+
+    from distill import bench
+    from distill.tasks import SEQUENCE_CLASSIFICATION
+    from tests.conftest import tiny_config
+
+    folder = tmp_path / "student"
+    BertForSequenceClassification(tiny_config(num_hidden_layers=2)).save_pretrained(folder)
+    loads = []
+    real = SEQUENCE_CLASSIFICATION.auto_class.from_pretrained
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(SEQUENCE_CLASSIFICATION), "auto_class",
+                   property(lambda self: type("Counting", (), {"from_pretrained": staticmethod(
+                       lambda path: loads.append(path) or real(path))})))
+        first = bench._source_size(str(folder), SEQUENCE_CLASSIFICATION)
+        assert bench._source_size(str(folder), SEQUENCE_CLASSIFICATION) == first and len(loads) == 1
+        BertForSequenceClassification(tiny_config(num_hidden_layers=3)).save_pretrained(folder)  # retrained deeper
+        second = bench._source_size(str(folder), SEQUENCE_CLASSIFICATION)
+    assert len(loads) == 2 and second[0] > first[0] and second[1] > first[1]

@@ -58,10 +58,21 @@ def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, tas
     assert result["test"]["accuracy"] == pytest.approx(_accuracy_one_by_one(run / "student-task" / "model",
                                                                           task_folder / "test.jsonl"), abs=1e-9)
     stamp = (run / "student-task" / "model" / "model.safetensors").stat().st_mtime
-    capsys.readouterr()
+    # the stage clock: one line, timings.json, and each stage's own seconds in its result.json
+    timings = json.loads((run / "timings.json").read_text())
+    stages = ("teacher", "student-general", "student-intermediate", "student-task", "student-pruned", "export")
+    assert set(timings) == {"total", "bench", *stages}
+    assert all(v >= 0 for v in timings.values())
+    assert sum(timings[k] for k in (*stages, "bench")) <= timings["total"] + 0.5
+    for stage in stages:
+        seconds = json.loads((run / stage / "result.json").read_text())["seconds"]
+        assert seconds == pytest.approx(timings[stage], abs=0.06)
+    assert "x the teacher stage" in capsys.readouterr().out
     pipeline.run_distill(cfg)  # second run: everything reused
     out = capsys.readouterr().out
     assert ": dev " not in out and "[bench]" in out  # nothing trained again; the report is rebuilt
+    assert set(json.loads((run / "timings.json").read_text())) == {"total", "bench"}  # reused stages cost nothing
+    assert "no teacher stage ran in this command" in out
     assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
     assert (run / "report.md").is_file() and (run / "report.html").is_file()
     assert "student-pruned" in (run / "report.md").read_text()
