@@ -381,7 +381,11 @@ def _keep_teacher_logits(ctx: RunContext, objective: DistillObjective, train_set
     def from_2a(dataset):
         print(f"[teacher] logits for {len(dataset)} training examples kept from 2a's teacher passes (2b reads "
               "them instead of running the teacher again)")
-        return dataset.add_column("teacher_logits", [row.tolist() for row in sink.rows])
+        import pyarrow as pa
+        from datasets import Dataset
+        from datasets.table import InMemoryTable
+
+        return Dataset(InMemoryTable(pa.table({"teacher_logits": logit_cache.arrow_rows(sink.rows)})))
 
     try:
         logit_cache.reuse_or_compute(ctx.run_dir, key, train_set, from_2a)

@@ -79,11 +79,16 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
     folder = entry_folder(run_dir, key)
     tmp = folder.with_name(folder.name + ".tmp")
     if is_main_process() and folder.is_dir() and _load_entry(folder, dataset) is None:
-        print(f"[teacher] the cached logits in {folder} are damaged (a file cut short or missing); "
-              "computing them again")
+        print(f"[teacher] the cached logits in {folder} are damaged (a file cut short or missing, or another "
+              "row count); computing them again")
         shutil.rmtree(folder, ignore_errors=True)
-    wait_for_everyone()  # a damaged entry is gone before any rank looks
     cached = folder.is_dir()
+    if process_count() > 1:  # the main process decides: another machine's file system view may lag (NFS)
+        from accelerate.utils import broadcast_object_list
+
+        cached = broadcast_object_list([cached], from_process=0)[0]
+        if cached and not folder.is_dir():
+            wait_for_main(folder.is_dir, tmp, grace_s=WAIT_GRACE_S, building=True)
     if not cached and is_main_process():
         shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
         tmp.mkdir(parents=True)
@@ -119,6 +124,21 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
         print(f"[teacher] logits for {len(dataset)} training examples reused from {folder}")
     # joined column-wise in Arrow: turning 10k rows into Python lists and back took ~6 s a stage
     return concatenate_datasets([dataset, stored], axis=1)
+
+
+def arrow_rows(rows: list[np.ndarray]):
+    """Rows of shape (labels,) or (tokens, labels) as one Arrow list column of float32, built from the
+    arrays themselves: no Python float per value (per-token rows of a large NER or QA set would take
+    gigabytes and tens of seconds as Python lists)."""
+    import pyarrow as pa
+
+    width = rows[0].shape[-1]
+    flat = pa.array(np.concatenate([row.reshape(-1) for row in rows]) if rows else np.zeros(0, np.float32))
+    if rows and rows[0].ndim == 1:
+        return pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int64) * width), flat)
+    tokens = np.array([row.shape[0] for row in rows], dtype=np.int64)
+    inner = pa.ListArray.from_arrays(pa.array(np.arange(int(tokens.sum()) + 1, dtype=np.int64) * width), flat)
+    return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(tokens)]).astype(np.int64)), inner)
 
 
 class LogitSink:

@@ -47,8 +47,8 @@ def heartbeat(scratch: Path, every_s: float = BEAT_S):
         try:
             beat.touch()
             return True
-        except OSError:  # the folder went (an error on the main thread removes it): nothing left to signal
-            return False
+        except OSError:  # stop once the folder is gone (an error on the main thread removed it); a passing
+            return Path(scratch).is_dir()  # error (e.g. ESTALE on NFS) must not silence a live process
 
     def run() -> None:
         while not stop.wait(every_s) and touch():
@@ -88,10 +88,10 @@ def wait_for_main(done: Callable[[], bool], scratch: Path, poll_s: float = 1.0, 
             stamp = beat.stat().st_mtime_ns
         except OSError:
             stamp = None
-        if stamp != seen:
+        if stamp is not None and stamp != seen:
             seen, changed_at = stamp, time.monotonic()
-        elif stamp is not None and time.monotonic() - changed_at > stale_s:
-            raise RuntimeError(f"the main process stopped writing {scratch} (no sign of life for {stale_s:.0f} s): "
+        elif seen is not None and time.monotonic() - changed_at > stale_s:  # (a beat file gone counts as still)
+            raise RuntimeError(f"the main process stopped writing {scratch} (no sign of life for {stale_s:g} s): "
                                "it was probably killed; stop every process and start the command again")
         time.sleep(poll_s)
     end = time.monotonic() + (grace_s if building else 0.0)

@@ -396,3 +396,30 @@ def test_the_heartbeat_stops_with_its_block_and_outlives_no_folder(tmp_path):
     with heartbeat(gone, every_s=0.02):
         time.sleep(0.1)
     assert not gone.exists()
+
+
+def test_a_passing_touch_error_does_not_silence_a_live_main_process(tmp_path, monkeypatch):
+    """E.g. ESTALE on NFS: the heartbeat goes on while its folder exists (it used to stop for good, so
+    the waiting processes took a live main process for a dead one)."""
+    import time
+    from pathlib import Path
+
+    from distill.ranks import HEARTBEAT, heartbeat
+
+    scratch = tmp_path / "x.tmp"
+    scratch.mkdir()
+    real_touch, calls = Path.touch, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(116, "Stale file handle")
+        return real_touch(self, *a, **k)
+
+    monkeypatch.setattr(Path, "touch", flaky)
+    with heartbeat(scratch, every_s=0.02):
+        time.sleep(0.1)
+        before = (scratch / HEARTBEAT).stat().st_mtime_ns
+        time.sleep(0.15)
+        assert (scratch / HEARTBEAT).stat().st_mtime_ns > before
+    assert len(calls) > 3
