@@ -78,7 +78,8 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
         return compute(dataset)
     folder = entry_folder(run_dir, key)
     tmp = folder.with_name(folder.name + ".tmp")
-    if is_main_process() and folder.is_dir() and _load_entry(folder, dataset) is None:
+    stored = _load_entry(folder, dataset) if is_main_process() and folder.is_dir() else None
+    if is_main_process() and folder.is_dir() and stored is None:
         print(f"[teacher] the cached logits in {folder} are damaged (a file cut short or missing, or another "
               "row count); computing them again")
         shutil.rmtree(folder, ignore_errors=True)
@@ -116,7 +117,8 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
         wait_for_main(folder.is_dir, tmp, grace_s=WAIT_GRACE_S, building=True)
         if not folder.is_dir():
             raise RuntimeError(f"the main process did not write the teacher logits {folder}; see its error")
-    stored = _load_entry(folder, dataset)
+    if stored is None:  # (the main process already read a cached entry in its damage check)
+        stored = _load_entry(folder, dataset)
     if stored is None:
         raise RuntimeError(f"the teacher logits in {folder} cannot be read (damaged or incomplete); delete that "
                            "folder and run the stage again")
@@ -133,8 +135,8 @@ def arrow_rows(rows: list[np.ndarray]):
     import pyarrow as pa
 
     width = rows[0].shape[-1]
-    flat = pa.array(np.concatenate([row.reshape(-1) for row in rows]) if rows else np.zeros(0, np.float32))
-    if rows and rows[0].ndim == 1:
+    flat = pa.array(np.concatenate([row.reshape(-1) for row in rows]))
+    if rows[0].ndim == 1:
         return pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int64) * width), flat)
     tokens = np.array([row.shape[0] for row in rows], dtype=np.int64)
     inner = pa.ListArray.from_arrays(pa.array(np.arange(int(tokens.sum()) + 1, dtype=np.int64) * width), flat)
