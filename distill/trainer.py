@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distill.config import TrainConfig
+from distill.fast_dropout import FastBernoulli
 from distill.fsutil import begin_replace, commit_replace, recover_folder, scratch_path
 from distill.ranks import is_main_process, wait_for_everyone
 from distill.run import CHECKPOINT
@@ -268,63 +269,69 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
                       + f" (best {state['best_score']:.4f} @ {state['best_step']})")
 
     model.train()
+    # CPU dropout masks drawn at ~60% of their cost, the same bits (distill.fast_dropout)
+    masks = FastBernoulli().install(objective.trainable) if accelerator.device.type == "cpu" else None
     bar = tqdm(total=steps, initial=state["step"], desc=desc, dynamic_ncols=True, disable=not accelerator.is_main_process)
     window_terms: dict[str, float] = {}
     window_count, window_examples, window_start = 0, 0, time.perf_counter()
-    while state["step"] < steps:
-        # the batch order depends on (seed, epoch) only: set it on the sampler itself, before any skip
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(state["epoch"])
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(state["epoch"])
-        epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"]) \
-            if state["batches_in_epoch"] else loader
-        batches = iter(epoch_loader)
-        if rng_at_checkpoint is not None:  # the first fetch draws the loader's seed, as it did before the kill
-            first = next(batches, None)
-            _set_rng_state(rng_at_checkpoint)
-            rng_at_checkpoint = None
-            batches = itertools.chain([first] if first is not None else [], batches)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                with accelerator.autocast():  # the teacher's forward too, not only the prepared student's
-                    loss, terms = objective(batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batches_in_epoch"] += 1
-            window_examples += batch["input_ids"].shape[0]
-            for k, v in {"loss": float(loss.detach()), **terms}.items():
-                window_terms[k] = window_terms.get(k, 0.0) + v
-            window_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state["step"] += 1
-            bar.update(1)
-            elapsed = time.perf_counter() - window_start
-            if cfg.log_every and (state["step"] % cfg.log_every == 0 or state["step"] == steps):
-                record = {k: v / window_count for k, v in window_terms.items()}
-                throughput = window_examples / max(elapsed, 1e-9)
-                if accelerator.num_processes > 1:  # the logged loss is over all ranks' examples, as in one process
-                    record, throughput = _across_ranks(accelerator, record, throughput)
-                record.update(lr=scheduler.get_last_lr()[0], examples_per_s=throughput, epoch=state["epoch"])
-                history.append({"step": state["step"], **record})
-                if tracker and accelerator.is_main_process:
-                    tracker.log(record, state["step"])
-                bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
-                window_terms, window_count, window_examples, window_start = {}, 0, 0, time.perf_counter()
-            if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < steps:
-                run_eval()
-            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
-                save_checkpoint()
-            if state["step"] >= steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batches_in_epoch"] = 0
+    try:
+        while state["step"] < steps:
+            # the batch order depends on (seed, epoch) only: set it on the sampler itself, before any skip
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(state["epoch"])
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(state["epoch"])
+            epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"]) \
+                if state["batches_in_epoch"] else loader
+            batches = iter(epoch_loader)
+            if rng_at_checkpoint is not None:  # the first fetch draws the loader's seed, as it did before the kill
+                first = next(batches, None)
+                _set_rng_state(rng_at_checkpoint)
+                rng_at_checkpoint = None
+                batches = itertools.chain([first] if first is not None else [], batches)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():  # the teacher's forward too, not only the prepared student's
+                        loss, terms = objective(batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state["batches_in_epoch"] += 1
+                window_examples += batch["input_ids"].shape[0]
+                for k, v in {"loss": float(loss.detach()), **terms}.items():
+                    window_terms[k] = window_terms.get(k, 0.0) + v
+                window_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                bar.update(1)
+                elapsed = time.perf_counter() - window_start
+                if cfg.log_every and (state["step"] % cfg.log_every == 0 or state["step"] == steps):
+                    record = {k: v / window_count for k, v in window_terms.items()}
+                    throughput = window_examples / max(elapsed, 1e-9)
+                    if accelerator.num_processes > 1:  # the logged loss is over all ranks' examples, as in one process
+                        record, throughput = _across_ranks(accelerator, record, throughput)
+                    record.update(lr=scheduler.get_last_lr()[0], examples_per_s=throughput, epoch=state["epoch"])
+                    history.append({"step": state["step"], **record})
+                    if tracker and accelerator.is_main_process:
+                        tracker.log(record, state["step"])
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
+                    window_terms, window_count, window_examples, window_start = {}, 0, 0, time.perf_counter()
+                if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < steps:
+                    run_eval()
+                if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
+                    save_checkpoint()
+                if state["step"] >= steps:
+                    break
+            else:
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+    finally:
+        if masks is not None:
+            masks.remove()
     bar.close()
     if evaluate:
         if state["best_step"] != state["step"]:
