@@ -32,22 +32,36 @@ MIN_ELEMENTS = 4096  # below this the original kernel is as fast
 _SAME_AS_TORCH: bool | None = None  # the one-time check's answer
 
 
+CHUNK = 1 << 20  # elements drawn at a time: the scratch buffer stays at 8 MB whatever the mask's size
+
+
 def fill_mask(target: torch.Tensor, p: float, scratch: torch.Tensor, generator=None) -> torch.Tensor:
     """Write into contiguous ``target`` the 0/1 mask ``target.bernoulli_(p, generator)`` would write;
-    ``scratch``: an int64 buffer of at least ``target.numel()`` elements."""
-    bits = scratch[:target.numel()].view(target.shape).random_(generator=generator)  # serial: the generator
-    bits.bitwise_and_(_LOW_53)
-    return torch.lt(bits, math.ceil(p * 2.0 ** 53), out=target)  # elementwise: every core
+    ``scratch``: an int64 buffer (chunks of its size are drawn in order: the same numbers)."""
+    flat, threshold = target.view(-1), math.ceil(p * 2.0 ** 53)
+    for start in range(0, flat.numel(), scratch.numel()):
+        part = flat[start:start + scratch.numel()]
+        bits = scratch[:part.numel()].random_(generator=generator)  # serial: the generator
+        bits.bitwise_and_(_LOW_53)
+        torch.lt(bits, threshold, out=part)  # elementwise: every core
+    return target
 
 
 def same_as_torch() -> bool:
-    """Whether this PyTorch's bernoulli_ kernel draws as ``fill_mask`` assumes (checked once)."""
+    """Whether this PyTorch's bernoulli_ kernel draws as ``fill_mask`` assumes (checked once, above the
+    size the fast path starts at, with an explicit generator and with the default one)."""
     global _SAME_AS_TORCH
     if _SAME_AS_TORCH is None:
-        expected = torch.empty(3, 1000).bernoulli_(0.9, generator=torch.Generator().manual_seed(0))
-        mine = fill_mask(torch.empty(3, 1000), 0.9, torch.empty(3000, dtype=torch.int64),
-                         torch.Generator().manual_seed(0))
-        _SAME_AS_TORCH = torch.equal(expected, mine)
+        shape, scratch = (64, 1024), torch.empty(CHUNK, dtype=torch.int64)
+        expected = torch.empty(shape).bernoulli_(0.9, generator=torch.Generator().manual_seed(0))
+        mine = fill_mask(torch.empty(shape), 0.9, scratch, torch.Generator().manual_seed(0))
+        same = torch.equal(expected, mine)
+        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+            state = torch.get_rng_state()
+            expected = torch.empty(shape, dtype=torch.float64).bernoulli_(0.3)
+            torch.set_rng_state(state)
+            mine = fill_mask(torch.empty(shape, dtype=torch.float64), 0.3, scratch)
+        _SAME_AS_TORCH = same and torch.equal(expected, mine)
     return _SAME_AS_TORCH
 
 
@@ -67,8 +81,8 @@ class FastBernoulli(TorchDispatchMode):
             p = float(args[1]) if len(args) > 1 else float(kwargs.get("p", 0.5))
             if (target.device.type == "cpu" and target.dtype in _FLOATS and target.is_contiguous()
                     and target.numel() >= MIN_ELEMENTS and 0.0 <= p <= 1.0 and same_as_torch()):
-                if self._scratch.numel() < target.numel():  # kept between calls: no fresh pages every step
-                    self._scratch = torch.empty(target.numel(), dtype=torch.int64)
+                if self._scratch.numel() < min(target.numel(), CHUNK):  # kept: no fresh pages every step
+                    self._scratch = torch.empty(min(target.numel(), CHUNK), dtype=torch.int64)
                 self.filled += 1
                 return fill_mask(target, p, self._scratch, kwargs.get("generator"))
         return func(*args, **kwargs)
@@ -77,7 +91,9 @@ class FastBernoulli(TorchDispatchMode):
         """Switch the mode on while ``model`` draws masks in training: inside each nn.Dropout, and in each
         self-attention block from its value projection's output to the block's end (the attention itself,
         whose probability dropout runs inside SDPA or eager attention; the q/k/v projections before it,
-        with their packing hooks, stay off the mode's detour). ``remove`` takes the hooks off again."""
+        with their packing hooks, stay off the mode's detour). ``remove`` takes the hooks off again; a second
+        ``install`` replaces the first's hooks."""
+        self.remove()
         self._depth = 0
         self._stack: list[bool] = []
         self._handles = []
@@ -122,6 +138,11 @@ class FastBernoulli(TorchDispatchMode):
                 self.__exit__(None, None, None)
 
     def remove(self) -> None:
+        """Take the hooks off, and the mode too if an interrupt (KeyboardInterrupt skips forward hooks)
+        left it on."""
         for handle in getattr(self, "_handles", []):
             handle.remove()
         self._handles = []
+        if getattr(self, "_depth", 0) > 0:
+            self.__exit__(None, None, None)
+        self._depth, self._stack = 0, []
