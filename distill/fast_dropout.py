@@ -29,10 +29,8 @@ _BERNOULLI = torch.ops.aten.bernoulli_.float
 _LOW_53 = (1 << 53) - 1
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MIN_ELEMENTS = 4096  # below this the original kernel is as fast
-_SAME_AS_TORCH: bool | None = None  # the one-time check's answer
-
-
 CHUNK = 1 << 20  # elements drawn at a time: the scratch buffer stays at 8 MB whatever the mask's size
+_SAME_AS_TORCH: bool | None = None  # the one-time check's answer
 
 
 def fill_mask(target: torch.Tensor, p: float, scratch: torch.Tensor, generator=None) -> torch.Tensor:
@@ -73,6 +71,8 @@ class FastBernoulli(TorchDispatchMode):
         super().__init__()
         self._scratch = torch.empty(0, dtype=torch.int64)
         self.filled = 0  # masks filled this way (for tests)
+        self._handles = []
+        self._stack: list[bool] = []  # per hooked module now running: whether it switched the mode on
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -94,9 +94,6 @@ class FastBernoulli(TorchDispatchMode):
         with their packing hooks, stay off the mode's detour). ``remove`` takes the hooks off again; a second
         ``install`` replaces the first's hooks."""
         self.remove()
-        self._depth = 0
-        self._stack: list[bool] = []
-        self._handles = []
         try:
             blocks = attention_blocks(model)
         except ValueError:  # not a BERT-style model: its nn.Dropout modules only
@@ -111,9 +108,8 @@ class FastBernoulli(TorchDispatchMode):
         return self
 
     def _switch_on(self) -> None:
-        if self._depth == 0:
+        if not any(self._stack):  # not on already (an enclosing hooked module switched it on)
             self.__enter__()
-        self._depth += 1
 
     def _enter(self, module: nn.Module, _args) -> None:
         on = module.training  # evaluation draws no masks: it runs without the mode's detour
@@ -132,17 +128,15 @@ class FastBernoulli(TorchDispatchMode):
         return hook
 
     def _exit(self, _module: nn.Module, _args, _output) -> None:
-        if self._stack.pop():
-            self._depth -= 1
-            if self._depth == 0:
-                self.__exit__(None, None, None)
+        if self._stack.pop() and not any(self._stack):
+            self.__exit__(None, None, None)
 
     def remove(self) -> None:
         """Take the hooks off, and the mode too if an interrupt (KeyboardInterrupt skips forward hooks)
         left it on."""
-        for handle in getattr(self, "_handles", []):
+        for handle in self._handles:
             handle.remove()
         self._handles = []
-        if getattr(self, "_depth", 0) > 0:
+        if any(self._stack):
             self.__exit__(None, None, None)
-        self._depth, self._stack = 0, []
+        self._stack = []
