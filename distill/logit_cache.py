@@ -78,11 +78,13 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
         return compute(dataset)
     folder = entry_folder(run_dir, key)
     tmp = folder.with_name(folder.name + ".tmp")
-    stored = _load_entry(folder, dataset) if is_main_process() and folder.is_dir() else None
-    if is_main_process() and folder.is_dir() and stored is None:
-        print(f"[teacher] the cached logits in {folder} are damaged (a file cut short or missing, or another "
-              "row count); computing them again")
-        shutil.rmtree(folder, ignore_errors=True)
+    stored = None  # the main process reads a cached entry here, once: its damage check is the load
+    if is_main_process() and folder.is_dir():
+        stored = _load_entry(folder, dataset)
+        if stored is None:
+            print(f"[teacher] the cached logits in {folder} are damaged (a file cut short or missing, or another "
+                  "row count); computing them again")
+            shutil.rmtree(folder, ignore_errors=True)
     cached = folder.is_dir()
     if process_count() > 1:  # the main process decides: another machine's file system view may lag (NFS)
         from accelerate.utils import broadcast_object_list
@@ -117,7 +119,7 @@ def reuse_or_compute(run_dir: Path | None, key: str | None, dataset, compute: Ca
         wait_for_main(folder.is_dir, tmp, grace_s=WAIT_GRACE_S, building=True)
         if not folder.is_dir():
             raise RuntimeError(f"the main process did not write the teacher logits {folder}; see its error")
-    if stored is None:  # (the main process already read a cached entry in its damage check)
+    if stored is None:
         stored = _load_entry(folder, dataset)
     if stored is None:
         raise RuntimeError(f"the teacher logits in {folder} cannot be read (damaged or incomplete); delete that "
