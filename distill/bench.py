@@ -136,7 +136,7 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     import yaml
 
     from distill.batching import to_model_inputs
-    from distill.compress import run_export, run_prune, teacher_baseline_formats
+    from distill.compress import refused_formats, run_export, run_prune, teacher_baseline_formats
     from distill.config import to_dict
     from distill.distillation import run_prediction
     from distill.report import write_report
@@ -150,14 +150,21 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     # (name, path, export variant or None for PyTorch, source folder)
     artifacts: list[tuple[str, Path, str | None, Path]] = [(name, folder, None, folder)
                                                            for name, folder in sources.items()]
+    left_out: list[dict] = []  # rows the table shows without figures: refused by export, or failed here
     if cfg.export.enabled:
         export_dir = run_export(ctx)
+        refused = refused_formats(export_dir)
         exported = [(name, variant) for name in cfg.export.models for variant in cfg.export.formats]
         exported += [("teacher", variant) for variant in teacher_baseline_formats(cfg.export)]
         for name, variant in exported:
             path = export_dir / f"{name}-{variant}" / "model.onnx"
-            if variant in cfg.bench.skip_formats or (name == "teacher" and not path.is_file()):
-                continue  # (a teacher baseline whose check failed was left out by the export)
+            if variant in cfg.bench.skip_formats:
+                continue
+            if f"{name}-{variant}" in refused or not path.is_file():
+                reason = refused.get(f"{name}-{variant}", f"{path} is missing")
+                left_out.append({"name": name, "runtime": f"onnxruntime-{variant}", "status": "refused",
+                                 "reason": reason})
+                continue
             artifacts.append((name, path, variant, sources[name]))
     test = ctx.tokenized["test"]
     if cfg.bench.test_examples:
@@ -170,14 +177,21 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
     for name, path, variant, source in artifacts:
-        row = bench_one(name, path, variant, source, batches, labels, singles, ctx.data, threads,
-                        len(ctx.tokenizer), cfg.bench.repeats)
+        try:
+            row = bench_one(name, path, variant, source, batches, labels, singles, ctx.data, threads,
+                            len(ctx.tokenizer), cfg.bench.repeats)
+        except Exception as err:  # noqa: BLE001 (one artifact that cannot run never costs the others their report)
+            runtime = f"onnxruntime-{variant}" if variant else "pytorch-fp32"
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print(f"[bench] {name:<16} {runtime:<26} FAILED: {reason}")
+            left_out.append({"name": name, "runtime": runtime, "status": "failed", "reason": reason})
+            continue
         print(f"[bench] {name:<16} {row.runtime:<26} score {row.score:.4f}  p50 {row.p50_ms:7.1f} ms  "
               f"p95 {row.p95_ms:7.1f} ms  b32 {row.throughput_b32:7.0f} ex/s  {row.size_mb:6.1f} MB")
         rows.append(asdict(row))
     extra = [f"Latency: CPU, {threads} threads, batch 1, sequence 128 (synthetic tokens), {cfg.bench.repeats} timed "
              "runs after 5 warm-up runs; 'real lengths' uses 100 test examples at their own lengths."]
-    md, page = write_report(ctx.run_dir, rows, yaml.safe_dump(to_dict(cfg), sort_keys=False), extra)
+    md, page = write_report(ctx.run_dir, rows, yaml.safe_dump(to_dict(cfg), sort_keys=False), extra, left_out)
     print(f"[bench] report: {md} and {page}")
     tracker = ctx.tracker(ctx.run_dir / "bench", "bench")
     for row in rows:
@@ -188,4 +202,4 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
         folders.update({p.parent.name: p.parent for _, p, variant, _ in artifacts if variant is not None})
     tracker.log_artifacts(folders)
     tracker.finish()
-    return rows
+    return rows + left_out

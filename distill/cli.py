@@ -70,8 +70,7 @@ def run(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from distill import pipeline
 
-    getattr(pipeline, f"run_{args.command}")(cfg)
-    return 0
+    return getattr(pipeline, f"run_{args.command}")(cfg) or 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,12 +15,16 @@ from distill.context import RunContext
 from distill.distillation import (_final_scores, _print_scores, cache_teacher_logits, prediction_stage, run_prediction,
                                   task_objective, task_stage_dirs)
 from distill.evaluation import evaluate
+from distill.fsutil import write_text_atomic
 from distill.placement import placement
 from distill.prune import prune_model
 from distill.run import StageRun, announce_once
 from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 from distill.trainer import train
 from teachers.finetune import finetune_teacher, load_finetuned, teacher_stage
+
+
+CHECK_FILE = "check.json"  # export/check.json: every format of every model, kept or refused
 
 
 def prune_stage(ctx: RunContext) -> StageRun:
@@ -121,15 +125,16 @@ def run_export(ctx: RunContext) -> Path:
         results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,
                                      calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop,
                                      kind=ctx.data.kind, label_names=ctx.data.label_names)
-    if teacher_baseline_formats(e):  # reference rows only: a failed check drops them, never the run
-        try:
-            results["teacher"] = export_model(finetune_teacher(ctx), stage.dir, "teacher", teacher_baseline_formats(e),
-                                              check_batches, check_labels, ctx.data.metric, calibration,
-                                              ctx.cfg.task.max_len, False, e.max_metric_drop, kind=ctx.data.kind,
-                                              label_names=ctx.data.label_names)
-        except onnx_export.ExportCheckError as err:
-            print(f"[export] teacher baseline rows left out: {err}")
-    stage.finish({"artifacts": results})
+    if teacher_baseline_formats(e):  # reference rows only: a refused format drops its row, never the run
+        results["teacher"] = export_model(finetune_teacher(ctx), stage.dir, "teacher", teacher_baseline_formats(e),
+                                          check_batches, check_labels, ctx.data.metric, calibration,
+                                          ctx.cfg.task.max_len, False, e.max_metric_drop, kind=ctx.data.kind,
+                                          label_names=ctx.data.label_names)
+    _write_checks(stage.dir, results)
+    refused = refused_formats(stage.dir)
+    if refused:
+        print(f"[export] refused (left out, the rest kept): {', '.join(refused)}; reasons in {stage.dir / CHECK_FILE}")
+    stage.finish({"artifacts": results, "refused": refused})
     return stage.dir
 
 
@@ -141,10 +146,13 @@ def teacher_baseline_formats(e) -> list[str]:
 def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, check_labels,
                  metric: str, calibration, max_len: int, tensorrt: bool, max_metric_drop: float,
                  kind: TaskKind = SEQUENCE_CLASSIFICATION, label_names: list[str] | None = None) -> dict:
-    """All requested formats of one model folder into out_dir/<name>-<format>/, all or nothing.
+    """Every requested format of one model folder that passes its check, into out_dir/<name>-<format>/.
 
-    Every format is built and checked in a work folder first; only when all pass do they replace
-    out_dir/<name>-<format>/. On any failure the work folder is removed and earlier artifacts stay.
+    Every format is built and checked in a work folder first; each that passes replaces
+    out_dir/<name>-<format>/ whole. A format that fails its check (or cannot be built) is refused: no
+    folder is written for it, an earlier folder of it is left as it was, and its entry in the returned
+    dict (and out_dir/<name>.json) is ``{"refused": True, "reason": ..., "check": ...}``. On an error
+    the work folder is removed and earlier artifacts stay.
     Logits are compared per example, or per real (non-padding) token for per-token logits; the dev
     metric is the task kind's (entity F1, word-aligned, for NER)."""
     model = kind.auto_class.from_pretrained(model_dir).eval()
@@ -162,8 +170,11 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
     work = out_dir / f".work-{name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    refused: dict[str, dict] = {}
     try:
-        made = _build_formats(model, work, formats, check_batches, calibration, kind)
+        made, build_errors = _build_formats(model, work, formats, check_batches, calibration, kind)
+        refused.update({variant: {"refused": True, "reason": f"could not be built: {err}"}
+                        for variant, err in build_errors.items()})
         checks = {variant: onnx_export.check(variant, reference,
                                              flat(onnx_export.onnx_batch_logits(onnx_export.session(path),
                                                                                 check_batches, kind)),
@@ -171,31 +182,53 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
                                              unit=kind.prediction_unit, kind=kind)
                   for variant, path in made.items()}
         for variant, result in checks.items():
-            print(f"[export] {name} {variant}: {result.describe()}" + ("" if result.ok else "  FAILED"))
-        failed = [f"{variant}: {result.describe()}" for variant, result in checks.items() if not result.ok]
-        if failed:
-            raise onnx_export.ExportCheckError(f"{name}: check failed, no artifact of {name} kept; "
-                                               + "; ".join(failed))
+            print(f"[export] {name} {variant}: {result.describe()}" + ("" if result.ok else "  REFUSED (left out)"))
+            if not result.ok:
+                refused[variant] = {"refused": True, "reason": "check failed: " + "; ".join(result.failures()),
+                                    "check": result.to_json()}
+        for variant, entry in refused.items():
+            if "check" not in entry:
+                print(f"[export] {name} {variant}: REFUSED (left out): {entry['reason']}")
+        kept = [variant for variant in formats if variant not in refused]
         staged = {variant: _stage_folder(made[variant], work / f"{name}-{variant}", out_dir / f"{name}-{variant}",
                                          model_dir, checks[variant], max_len, tensorrt)
-                  for variant in formats}
+                  for variant in kept}
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     results = {}
-    for variant in formats:  # every format passed: now replace the earlier artifacts
+    for variant in formats:  # the formats that passed replace their earlier artifacts; refused ones are left out
+        if variant in refused:
+            results[variant] = refused[variant]
+            continue
         folder = out_dir / f"{name}-{variant}"
         onnx_export.swap_in(staged[variant], folder)
         results[variant] = {"folder": str(folder), "check": checks[variant].to_json(),
                             "size_mb": (folder / "model.onnx").stat().st_size / 2**20}
     shutil.rmtree(work, ignore_errors=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out_dir / f"{name}.json", json.dumps(results, indent=1))
     return results
 
 
+def refused_formats(export_dir: Path) -> dict[str, str]:
+    """``{"<model>-<format>": reason}`` of every format the export stage left out (read from check.json)."""
+    path = Path(export_dir) / CHECK_FILE
+    if not path.is_file():
+        return {}
+    return {key: entry["reason"] for key, entry in json.loads(path.read_text()).items() if entry.get("refused")}
+
+
+def _write_checks(export_dir: Path, results: dict[str, dict]) -> None:
+    """export/check.json: every model's every format, kept (with its check) or refused (with the reason)."""
+    flat = {f"{name}-{variant}": entry for name, per_format in results.items() for variant, entry in per_format.items()}
+    write_text_atomic(Path(export_dir) / CHECK_FILE, json.dumps(flat, indent=1))
+
+
 def _build_formats(model, work: Path, formats: list[str], check_batches, calibration,
-                   kind: TaskKind = SEQUENCE_CLASSIFICATION) -> dict[str, Path]:
-    """Write <work>/<format>.onnx for every requested format; returns {format: path}."""
+                   kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write <work>/<format>.onnx for every requested format. Returns ({format: path}, {format: error}):
+    fp32 and its fused graph are the base every format starts from (an error there stops the pass); a
+    derived format (fp16, INT8) that cannot be built is reported and refused, not fatal."""
     example = {k: torch.from_numpy(v[:1]) for k, v in check_batches[0].items()}
     fp32 = work / "fp32.onnx"
     onnx_export.export_fp32(model, fp32, example, kind)
@@ -207,16 +240,18 @@ def _build_formats(model, work: Path, formats: list[str], check_batches, calibra
     fused = work / "fp32-fused.onnx"
     optimizer_model = onnx_export.fuse(fp32, fused, heads, heads * head_size)  # 0, 0: detect per layer
     made = {"fp32": fp32, "fp32-fused": fused}
-    if "fp16" in formats:
-        onnx_export.to_fp16(optimizer_model, work / "fp16.onnx")
-        made["fp16"] = work / "fp16.onnx"
-    if "int8-dynamic" in formats:
-        onnx_export.quantize_int8_dynamic(fused, work / "int8-dynamic.onnx")
-        made["int8-dynamic"] = work / "int8-dynamic.onnx"
-    if "int8-qdq" in formats:
-        onnx_export.quantize_int8_qdq(fp32, work / "int8-qdq.onnx", calibration)
-        made["int8-qdq"] = work / "int8-qdq.onnx"
-    return {variant: made[variant] for variant in formats}
+    builders = {"fp16": lambda path: onnx_export.to_fp16(optimizer_model, path),
+                "int8-dynamic": lambda path: onnx_export.quantize_int8_dynamic(fused, path),
+                "int8-qdq": lambda path: onnx_export.quantize_int8_qdq(fp32, path, calibration)}
+    errors = {}
+    for variant, build in builders.items():
+        if variant in formats:
+            try:
+                build(work / f"{variant}.onnx")
+                made[variant] = work / f"{variant}.onnx"
+            except Exception as err:  # noqa: BLE001 (ONNX Runtime raises its own classes; the reason is kept)
+                errors[variant] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return {variant: made[variant] for variant in formats if variant in made}, errors
 
 
 def _stage_folder(onnx_path: Path, staged: Path, final: Path, model_dir: Path, result, max_len: int,

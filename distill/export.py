@@ -3,7 +3,7 @@
 Each artifact is a folder (model.onnx + config.json + tokenizer) that ONNX Runtime users can load with
 no code of ours. Before a folder is kept, its logits on the dev set are compared with the PyTorch
 model it came from (largest logit difference, prediction agreement, and the drop of the task's dev
-metric); a failed check stops the pass with the figures and leaves nothing behind.
+metric). A format that fails is refused (left out, its figures kept by the caller); the rest are kept.
 """
 from __future__ import annotations
 
@@ -68,6 +68,18 @@ class CheckResult:
     def ok(self) -> bool:
         return (self.max_abs_diff <= self.max_abs_diff_limit and self.agreement >= self.agreement_limit
                 and self.metric_drop <= self.metric_drop_limit)
+
+    def failures(self) -> list[str]:
+        """The limits this artifact missed, each with its figure (empty when it passed)."""
+        out = []
+        if self.max_abs_diff > self.max_abs_diff_limit:
+            out.append(f"max logit diff {self.max_abs_diff:.2e} (limit {self.max_abs_diff_limit:g})")
+        if self.agreement < self.agreement_limit:
+            out.append(f"agreement {self.agreement:.2%} (limit {self.agreement_limit:.1%})")
+        if self.metric_drop > self.metric_drop_limit:
+            out.append(f"dev {self.metric} drop {100 * self.metric_drop:.2f} points (limit "
+                       f"{100 * self.metric_drop_limit:.2f})")
+        return out
 
     def describe(self) -> str:
         return (f"max |logit diff| {self.max_abs_diff:.2e} (limit {self.max_abs_diff_limit:g}), agreement "
@@ -197,6 +209,18 @@ def onnx_batch_logits(sess: ort.InferenceSession, batches: list[dict[str, np.nda
     return [run_logits(sess, b, kind) for b in batches]
 
 
+# regression: an artifact's score "agrees" with its source's when within this fraction of the labels' standard
+# deviation (a fixed absolute width would be strict for labels spread over -4..4 and loose for 0..1)
+REGRESSION_AGREEMENT_SD = 0.25
+
+
+def regression_width(labels) -> float:
+    """How close two regression outputs must be to count as agreeing: a quarter of the labels' spread."""
+    values = np.asarray(labels, dtype=np.float64).reshape(-1)
+    sd = float(values.std()) if len(values) > 1 else 0.0
+    return REGRESSION_AGREEMENT_SD * sd if sd > 0 else 0.1
+
+
 def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray, metric: str,
           max_metric_drop: float, score_fn: Callable[[np.ndarray], float] | None = None,
           unit: str = "examples", kind: TaskKind = SEQUENCE_CLASSIFICATION) -> CheckResult:
@@ -207,8 +231,8 @@ def check(variant: str, reference: np.ndarray, candidate: np.ndarray, labels: np
         raise ValueError(f"{len(labels)} dev labels for {len(reference)} logits rows")
     limit_diff, limit_agree = TOLERANCE[variant]
     diff = float(np.abs(reference - candidate).max())
-    if reference.shape[-1] == 1:  # regression: agreement = within 0.1 of the reference score
-        agree = float(np.mean(np.abs(reference - candidate).reshape(-1) < 0.1))
+    if reference.shape[-1] == 1:  # regression: agreement = within a quarter of the labels' sd of the reference
+        agree = float(np.mean(np.abs(reference - candidate).reshape(-1) < regression_width(labels)))
     else:
         agree = kind.agreement(reference, candidate)  # argmax agreement; QA: near-ties count as agreeing
     if score_fn is None:

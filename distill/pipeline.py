@@ -194,13 +194,30 @@ def run_prune(cfg: ExperimentConfig) -> None:
     print(f"[prune] pruned student -> {prune(_context(cfg))}")
 
 
-def run_export(cfg: ExperimentConfig) -> None:
+REFUSED_EXIT = 3  # the run finished with its report, but some formats were refused by their checks
+
+
+def refusal_status(ctx: RunContext, command: str) -> int:
+    """The last line and exit status of a command that exported: 0, or REFUSED_EXIT naming what was left out."""
+    from distill.compress import export_stage, refused_formats
+
+    refused = refused_formats(export_stage(ctx).dir) if ctx.cfg.export.enabled else {}
+    if not refused:
+        return 0
+    print(f"[{command}] finished, but {len(refused)} format(s) refused and left out: "
+          + "; ".join(f"{key} ({reason})" for key, reason in refused.items()), flush=True)
+    return REFUSED_EXIT
+
+
+def run_export(cfg: ExperimentConfig) -> int:
     from distill.compress import run_export as export
 
-    print(f"[export] artifacts -> {export(_context(cfg))}")
+    ctx = _context(cfg)
+    print(f"[export] artifacts -> {export(ctx)}")
+    return refusal_status(ctx, "export")
 
 
-def run_distill(cfg: ExperimentConfig) -> None:
+def run_distill(cfg: ExperimentConfig) -> int:
     """The whole pipeline in order; finished stages are reused."""
     from distill.compress import run_export as export
     from distill.compress import run_prune as prune
@@ -232,6 +249,7 @@ def run_distill(cfg: ExperimentConfig) -> None:
         print(describe_times(times, total))
         write_text_atomic(ctx.run_dir / "timings.json",
                           json.dumps({"total": round(total, 1), **{k: round(v, 1) for k, v in times.items()}}))
+    return refusal_status(ctx, "distill")
 
 
 STAGE_LABELS = {"teacher": "teacher", "student-general": "general", "student-intermediate": "2a",
@@ -251,7 +269,9 @@ def describe_times(times: dict[str, float], total: float) -> str:
     return line
 
 
-def run_bench(cfg: ExperimentConfig) -> None:
+def run_bench(cfg: ExperimentConfig) -> int:
     from distill.bench import run_bench as bench
 
-    bench(_context(cfg))
+    ctx = _context(cfg)
+    bench(ctx)
+    return refusal_status(ctx, "bench")

@@ -154,18 +154,37 @@ def _markdown_html(lines: list[str]) -> str:
     return "".join(out)
 
 
-def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[str]) -> tuple[Path, Path]:
+def left_out_lines(left_out: list[dict], columns: int) -> list[str]:
+    """Table rows for artifacts without figures: refused by the export check (with the measured drop), or
+    failed in the bench; every other cell blank."""
+    return [f"| {r['name']} | {r['runtime']} | {r['status']}: {r['reason']} |" + " |" * (columns - 3)
+            for r in left_out]
+
+
+def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[str],
+                 left_out: list[dict] | None = None) -> tuple[Path, Path]:
+    """report.md, report.html and bench.json. ``left_out``: rows refused by the export or failed in the bench
+    (``name``, ``runtime``, ``status``, ``reason``), shown in the table and kept in
+    left_out.json beside bench.json; the report is written whatever they are."""
     run_dir = Path(run_dir)
+    left_out = left_out or []
     data = data_section(run_dir, rows, config_yaml)
     teacher = next((r for r in rows if r["name"] == "teacher" and r["runtime"] == "pytorch-fp32"), None)
     pareto = run_dir / "pareto.png"
-    pareto_plot(rows, pareto)
+    has_pareto = bool(rows)
+    if has_pareto:
+        pareto_plot(rows, pareto)
     losses = run_dir / "losses.png"
     has_losses = loss_plot(run_dir, losses)
     table = _table(rows, teacher)
+    table += left_out_lines(left_out, table[1].count("|") - 1)
     extra = [*runtime_notes(rows), *extra]
+    if left_out:
+        extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)
+                     + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json);"
+                     " the other formats were kept.")
     md = ["# Distillation report", "", f"Run: `{run_dir}`", "", "## Artifacts (measured side by side in one process)",
-          "", *table, "", *extra, "", "![pareto](pareto.png)", ""]
+          "", *table, "", *extra, ""] + (["![pareto](pareto.png)", ""] if has_pareto else [])
     if has_losses:
         md += ["![losses](losses.png)", ""]
     md += data + ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
@@ -186,11 +205,13 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     body.write("</table>")
     for line in extra:
         body.write(f"<p>{html.escape(line)}</p>")
-    body.write("<h2>Accuracy vs latency</h2>" + _img(pareto))
+    if has_pareto:
+        body.write("<h2>Accuracy vs latency</h2>" + _img(pareto))
     if has_losses:
         body.write("<h2>Loss curves</h2>" + _img(losses))
     body.write(_markdown_html(data))
     body.write(f"<h2>Resolved config</h2><pre>{html.escape(config_yaml)}</pre></body></html>")
     (run_dir / "report.html").write_text(body.getvalue())
     (run_dir / "bench.json").write_text(json.dumps(rows, indent=1))
+    (run_dir / "left_out.json").write_text(json.dumps(left_out, indent=1))
     return run_dir / "report.md", run_dir / "report.html"

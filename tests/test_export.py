@@ -117,29 +117,59 @@ def test_pruned_model_exports_with_dynamic_axes(tmp_path, decisive_teacher, toke
         assert sess.run(["logits"], feed)[0].shape == (batch, 2)
 
 
-def test_a_failed_check_keeps_nothing_new_and_leaves_earlier_artifacts_intact(tmp_path, decisive_teacher, dev_batches,
-                                                                              monkeypatch):
+def test_a_failed_check_refuses_that_format_only_and_leaves_its_earlier_artifact_intact(
+        tmp_path, decisive_teacher, dev_batches, monkeypatch):
     batches, labels = dev_batches
     formats = ["fp32", "int8-dynamic"]
-    # first: a run where int8 fails (max diff limit 0) in a fresh folder leaves no folder at all, fp32's neither
+    # first: int8 fails (max diff limit 0) in a fresh folder: int8 is refused with its figures, fp32 is kept
     monkeypatch.setitem(onnx_export.TOLERANCE, "int8-dynamic", (0.0, 0.97))
     fresh = tmp_path / "fresh"
-    failed = "no artifact of student-task kept; int8-dynamic: max .logit diff"
-    with pytest.raises(onnx_export.ExportCheckError, match=failed):
-        export_model(decisive_teacher, fresh, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
-                     tensorrt=False, max_metric_drop=MAX_DROP)
-    assert list(fresh.iterdir()) == []
-    # then: earlier finished artifacts survive a failed re-export byte for byte
+    results = export_model(decisive_teacher, fresh, "student-task", formats, batches, labels, "accuracy", batches[:2],
+                           32, tensorrt=False, max_metric_drop=MAX_DROP)
+    assert results["int8-dynamic"]["refused"] is True and "folder" not in results["int8-dynamic"]
+    assert results["int8-dynamic"]["reason"].startswith("check failed: max logit diff")
+    assert results["int8-dynamic"]["check"]["ok"] is False
+    assert (fresh / "student-task-fp32" / "model.onnx").is_file()
+    assert sorted(p.name for p in fresh.iterdir()) == ["student-task-fp32", "student-task.json"]  # no int8 folder
+    assert json.loads((fresh / "student-task.json").read_text())["int8-dynamic"]["refused"] is True
+    # then: an earlier finished int8 artifact survives a refused re-export byte for byte
     monkeypatch.undo()
     out = tmp_path / "export"
     export_model(decisive_teacher, out, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
                  tensorrt=False, max_metric_drop=MAX_DROP)
-    before = {p.name: _tree(p) if p.is_dir() else p.read_bytes() for p in out.iterdir()}
+    before = _tree(out / "student-task-int8-dynamic")
     monkeypatch.setitem(onnx_export.TOLERANCE, "int8-dynamic", (0.0, 0.97))
-    with pytest.raises(onnx_export.ExportCheckError):
-        export_model(decisive_teacher, out, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
-                     tensorrt=False, max_metric_drop=MAX_DROP)
-    assert {p.name: _tree(p) if p.is_dir() else p.read_bytes() for p in out.iterdir()} == before
+    export_model(decisive_teacher, out, "student-task", formats, batches, labels, "accuracy", batches[:2], 32,
+                 tensorrt=False, max_metric_drop=MAX_DROP)
+    assert _tree(out / "student-task-int8-dynamic") == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".work")]
+
+
+def test_a_format_that_cannot_be_built_is_refused_not_fatal(tmp_path, decisive_teacher, dev_batches, monkeypatch):
+    batches, labels = dev_batches
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] calibration failed\nsecond line")
+
+    monkeypatch.setattr(onnx_export, "quantize_int8_qdq", broken)
+    results = export_model(decisive_teacher, tmp_path, "student-task", ["fp32", "int8-qdq"], batches, labels,
+                           "accuracy", batches[:2], 32, tensorrt=False, max_metric_drop=MAX_DROP)
+    assert results["int8-qdq"] == {"refused": True,
+                                   "reason": "could not be built: RuntimeError: [ONNXRuntimeError] calibration failed"}
+    assert (tmp_path / "student-task-fp32" / "model.onnx").is_file()
+    assert not (tmp_path / "student-task-int8-qdq").exists()
+
+
+def test_regression_agreement_scales_with_the_labels_spread():
+    """Two outputs agree within a quarter of the labels' sd: 0.3 apart is agreement for labels over -4..4
+    (sd ~2.3) and disagreement for labels over 0..1 (sd ~0.29)."""
+    reference = np.linspace(-4, 4, 100)[:, None]
+    candidate = reference + 0.3
+    wide = reference[:, 0]
+    narrow = (wide + 4) / 8
+    assert onnx_export.check("int8-dynamic", reference, candidate, wide, "pearson", 0.01).agreement == 1.0
+    assert onnx_export.check("int8-dynamic", reference, candidate, narrow, "pearson", 0.01).agreement == 0.0
+    assert onnx_export.regression_width(np.ones(5)) == 0.1  # no spread: the old absolute width
 
 
 def test_the_metric_drop_is_bounded_even_when_agreement_passes():

@@ -115,3 +115,48 @@ def test_head_mismatch_for_attention_scores_fails_before_the_teacher_trains(tmp_
     with pytest.raises(ValueError, match="use attention_kl"):
         pipeline.run_distill(cfg)
     assert not (cfg.run_dir / "teacher").exists()
+
+
+def test_a_refused_format_still_ends_with_a_report_and_says_so(tmp_path, tiny_teacher_dir, task_folder, capsys,
+                                                               monkeypatch):
+    """A forced QDQ check failure: the format is left out (check.json, log, report row), the others are kept,
+    bench and report still run, and the exit status and last line name what was refused."""
+    from distill import export as onnx_export
+
+    monkeypatch.setitem(onnx_export.TOLERANCE, "int8-qdq", (0.0, 1.01))  # no artifact can pass this
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
+               "export.formats=[fp32, int8-qdq]", "export.models=[student-task]", "export.teacher_formats=[]", "export.check_examples=8",
+               "bench.repeats=5", "bench.test_examples=8")
+    assert pipeline.run_distill(cfg) == pipeline.REFUSED_EXIT
+    run = cfg.run_dir
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("[distill] finished, but 1 format(s) refused") and "student-task-int8-qdq" in last
+    checks = json.loads((run / "export" / "check.json").read_text())
+    assert checks["student-task-int8-qdq"]["refused"] is True and "agreement" in checks["student-task-int8-qdq"]["reason"]
+    assert checks["student-task-fp32"]["check"]["ok"] is True
+    assert not (run / "export" / "student-task-int8-qdq").exists()
+    report = (run / "report.md").read_text()
+    assert "| student-task | onnxruntime-int8-qdq | refused: check failed:" in report
+    assert {(r["name"], r["runtime"]) for r in json.loads((run / "bench.json").read_text())} == {
+        ("teacher", "pytorch-fp32"), ("student-task", "pytorch-fp32"), ("student-task", "onnxruntime-fp32")}
+    assert pipeline.run_distill(cfg) == pipeline.REFUSED_EXIT  # reused: still says so
+
+
+def test_a_failing_bench_row_never_loses_the_report(tmp_path, tiny_teacher_dir, task_folder, monkeypatch):
+    from distill import bench
+
+    real = bench.bench_one
+
+    def flaky(name, path, variant, *args, **kwargs):
+        if variant == "fp32":
+            raise RuntimeError("onnxruntime session could not start")
+        return real(name, path, variant, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_one", flaky)
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
+               "export.formats=[fp32]", "export.models=[student-task]", "export.teacher_formats=[]", "export.check_examples=8",
+               "bench.repeats=5", "bench.test_examples=8")
+    assert pipeline.run_distill(cfg) == 0
+    report = (cfg.run_dir / "report.md").read_text()
+    assert "| student-task | onnxruntime-fp32 | failed: RuntimeError: onnxruntime session could not start |" in report
+    assert json.loads((cfg.run_dir / "left_out.json").read_text())[0]["status"] == "failed"
