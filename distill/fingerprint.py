@@ -74,7 +74,7 @@ def _model_path(name: str) -> Path | None:
 
 
 def _task_path(name: str) -> tuple[Path, tuple[str, ...] | None] | None:
-    from distill import assets
+    from distill.base import assets
 
     if name == "rotten_tomatoes":
         return assets.rotten_tomatoes_csv(), None
@@ -83,7 +83,7 @@ def _task_path(name: str) -> tuple[Path, tuple[str, ...] | None] | None:
 
 
 def _corpus_path(name: str) -> Path | None:
-    from distill import assets
+    from distill.base import assets
 
     if name == "wiki":
         return assets.wiki_excerpt()

@@ -136,3 +136,12 @@ def pruned_config_from(model: nn.Module) -> PrunedBertConfig:
     config.architectures = [type(model).__name__.replace("Bert", "PrunedBert", 1)
                             if not type(model).__name__.startswith("PrunedBert") else type(model).__name__]
     return config
+
+
+def attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """The self-attention modules (with query/key/value projections), in layer order."""
+    blocks = [m for _, m in model.named_modules()
+              if all(isinstance(getattr(m, n, None), nn.Linear) for n in ("query", "key", "value"))]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no BERT-style self-attention (query/key/value) modules")
+    return blocks

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from distill import assets
+from distill.base import assets
 
 EMBEDDED = {"minilm-l6": assets.minilm_dir}
 
@@ -63,12 +63,9 @@ def has_mlm_head(name: str) -> bool:
     return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
 
 
-def load_classifier(name: str, label_names: list[str] | None, kind=None) -> PreTrainedModel:
-    """The teacher with a fresh head of the task kind (sequence classification by default; regression
-    when ``label_names`` is None)."""
-    from distill.tasks import SEQUENCE_CLASSIFICATION
-
-    kind = kind or SEQUENCE_CLASSIFICATION
+def load_classifier(name: str, label_names: list[str] | None, kind) -> PreTrainedModel:
+    """The teacher with a fresh head of the task kind (``kind.auto_class`` and ``kind.head_config``: a
+    regression head when ``label_names`` is None)."""
     model = _load(kind.auto_class.from_pretrained, name, **kind.head_config(label_names))
     return use_eager_attention(model)
 

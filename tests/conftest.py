@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification  # noqa: E402
 
-from distill import assets  # noqa: E402
+from distill.base import assets  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -17,11 +17,11 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import BertConfig, BertModel
 
-from distill.batching import make_loader
+from distill.engine.batching import make_loader
 from distill.config import TrainConfig
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective
-from distill.trainer import train
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective
+from distill.engine.trainer import train
 
 EXAMPLES, LENGTH, STEPS = 64, 12, 8
 

@@ -12,14 +12,17 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from distill import assets, feature_cache
-from distill.batching import make_loader, tokenize
+from distill.base import assets
+
+from distill.engine import feature_cache
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import ExperimentConfig
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective
-from distill.ranks import wait_for_everyone
-from distill.trainer import train
-from teachers.finetune import load_finetuned
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective
+from distill.base.ranks import wait_for_everyone
+from distill.engine.trainer import train
+from distill.stages.teacher import load_finetuned
 
 # hard_ce (gold labels, from the batch) trains the pooler and classifier too: without it DDP refuses the step,
 # since the intermediate losses leave them without gradients (as in stage 2a under DDP, cache or not)

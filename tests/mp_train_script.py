@@ -13,16 +13,19 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-from distill import assets, logit_cache
-from distill.batching import LengthGroupedBatchSampler, make_loader, tokenize
+from distill.base import assets
+
+from distill.engine import logit_cache
+from distill.engine.batching import LengthGroupedBatchSampler, make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import TrainConfig
-from distill.context import save_hf_folder
-from distill.evaluation import evaluate
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective, FineTuneObjective
-from distill.run import StageRun
-from distill.tracking import Tracker
-from distill.trainer import train
+from distill.stages.context import save_hf_folder
+from distill.engine.evaluation import evaluate
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective, FineTuneObjective
+from distill.stages.records import StageRun
+from distill.engine.tracking import Tracker
+from distill.engine.trainer import train
 
 BATCH, SEED = 4, 3
 

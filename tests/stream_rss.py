@@ -18,10 +18,10 @@ from types import SimpleNamespace
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
-from distill import assets
-from distill.corpus import _wiki_cache, load_paragraphs, pack_sequences
-from distill.packing import DocumentCollator
-from distill.stream import open_stream
+from distill.base import assets
+from distill.data.corpus import _wiki_cache, load_paragraphs, pack_sequences
+from distill.data.packing import DocumentCollator
+from distill.data.stream import open_stream
 
 
 def main(copies: int, mode: str, packing: str = "intra_doc") -> None:
@@ -54,7 +54,7 @@ def main(copies: int, mode: str, packing: str = "intra_doc") -> None:
     else:
         sequences = pack_sequences(load_paragraphs(str(corpus)), tokenizer, 128, 0, packing, 8)
         count = len(sequences)
-        from distill.batching import make_loader
+        from distill.engine.batching import make_loader
 
         loader = make_loader(sequences, tokenizer, 32, shuffle=True, collator=collate)
     batches = sum(1 for _ in loader)

@@ -1,8 +1,8 @@
 import numpy as np
 from transformers import AutoModel
 
-from distill import assets
-from distill.augment import EmbeddingNeighbours, _whole_word_ids, join_words, split_words
+from distill.base import assets
+from distill.data.augment import EmbeddingNeighbours, _whole_word_ids, join_words, split_words
 
 
 def test_words_are_grouped_from_pieces_and_specials_are_kept(tokenizer):

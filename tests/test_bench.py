@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from distill.bench import Runner, bench_one, synthetic
-from distill.compress import export_model
-from distill.speed import _profile
+from distill.stages.bench import Runner, bench_one, synthetic
+from distill.stages.compress import export_model
+from distill.benchmarks.speed import _profile
 from tests.conftest import tiny_config
 
 SMALL_VOCAB = 1200  # a vocabulary smaller than BERT-uncased's 30,522 (a cased teacher has 28,996)
@@ -61,7 +61,7 @@ def test_source_sizes_are_loaded_once_per_weights_and_follow_a_retrained_folder(
     saved again under the same path (other weights) is measured again, never served from the cache."""
     from transformers import BertForSequenceClassification
 
-    from distill import bench
+    from distill.stages import bench
     from distill.tasks import SEQUENCE_CLASSIFICATION
     from tests.conftest import tiny_config
 

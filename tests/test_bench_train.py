@@ -3,7 +3,7 @@ import argparse
 import numpy as np
 import pytest
 
-from distill import bench_train
+from distill.benchmarks import train as bench_train
 
 TEXTS = ["one", "two words", "three words here", "a somewhat longer snippet of four", "x", "y z"]
 LABELS = [1, 0, 1, 0, 1, 0]

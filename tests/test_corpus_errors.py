@@ -2,13 +2,13 @@
 import pytest
 from datasets import Dataset, IterableDataset
 
-from distill import corpus as corpus_module
-from distill.corpus import CorpusError, iter_documents
+from distill.data import corpus as corpus_module
+from distill.data.corpus import CorpusError, iter_documents
 
 
 def _ctx(tmp_path, corpus, task_folder, teacher_dir, *extra):
     from distill.config import load_config
-    from distill.context import RunContext
+    from distill.stages.context import RunContext
 
     return RunContext(load_config(None, [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher_dir}",
                                          f"task.name={task_folder}", f"general.corpus={corpus}",
@@ -16,7 +16,7 @@ def _ctx(tmp_path, corpus, task_folder, teacher_dir, *extra):
 
 
 def _no_model_loads(monkeypatch):
-    from distill import distillation
+    from distill.stages import distillation
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the corpus was checked")
@@ -32,7 +32,7 @@ def _no_model_loads(monkeypatch):
 ])
 def test_bad_corpus_file_fails_before_any_model_loads(tmp_path, monkeypatch, task_folder, tiny_teacher_dir,
                                                       content, message, streaming):
-    from distill import distillation
+    from distill.stages import distillation
 
     path = tmp_path / "corpus.txt"
     path.write_bytes(content)
@@ -59,7 +59,7 @@ def test_datasets_corpus_without_the_text_column(monkeypatch, streaming):
 
 
 def test_utf8_is_checked_across_chunk_boundaries(tmp_path):
-    from distill.corpus import check_utf8
+    from distill.data.corpus import check_utf8
 
     path = tmp_path / "a.txt"
     path.write_bytes("\u00e9".encode() * 10)  # two-byte characters split across every 3-byte chunk
@@ -73,8 +73,8 @@ def test_intra_doc_with_an_attention_that_ignores_the_mask_stops_before_training
                                                                                   tiny_teacher_dir):
     from transformers import AttentionInterface
 
-    from distill import distillation
-    from distill.packing import BlockMaskError
+    from distill.stages import distillation
+    from distill.data.packing import BlockMaskError
     from tests.test_packing import _ignore_mask
 
     AttentionInterface.register("test_ignore_mask", _ignore_mask)
@@ -124,7 +124,7 @@ def test_wiki_bigbench_refuses_a_block_that_is_not_english(tmp_path, monkeypatch
 
 
 def test_preflight_checks_the_corpus_before_the_teacher_is_fine_tuned(tmp_path, task_folder, tiny_teacher_dir):
-    from distill.pipeline import preflight
+    from distill.runner.pipeline import preflight
 
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"only \xff\xfe latin bytes here in a corpus line that is long enough\n")

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from distill.batching import LengthGroupedBatchSampler, make_loader, tokenize
+from distill.engine.batching import LengthGroupedBatchSampler, make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import TaskConfig
-from distill.data import DataError, load_glue, load_local, load_rotten_tomatoes, load_task
-from distill.metrics import compute_metrics
+from distill.data.task_data import DataError, load_glue, load_local, load_rotten_tomatoes, load_task
+from distill.tasks.metrics import compute_metrics
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_rotten_tomatoes_split_is_deterministic_stratified_and_disjoint(rotten):
 
 
 def test_rotten_tomatoes_labels_follow_the_csv(rotten):
-    from distill import assets
+    from distill.base import assets
 
     frame = pd.read_csv(assets.rotten_tomatoes_csv())
     category = dict(zip(frame["text"].str.strip(), frame["category"]))
@@ -182,8 +183,8 @@ def test_empty_training_loader_is_refused_by_the_trainer(tmp_path, tiny_teacher_
     from transformers import AutoModelForSequenceClassification
 
     from distill.config import TrainConfig
-    from distill.objectives import FineTuneObjective
-    from distill.trainer import train
+    from distill.engine.objectives import FineTuneObjective
+    from distill.engine.trainer import train
 
     from torch.utils.data import DataLoader
 
@@ -241,7 +242,7 @@ def test_max_train_examples_is_a_seeded_stratified_sample(tmp_path):
 
 
 def test_sample_rows_keeps_each_class_share_with_largest_remainders():
-    from distill.data import sample_rows
+    from distill.data.task_data import sample_rows
 
     data = Dataset.from_dict({"label": [0] * 50 + [1] * 30 + [2] * 20, "text": [str(i) for i in range(100)]})
     picked = sample_rows(data, 11, stratify=True)["label"]

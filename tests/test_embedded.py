@@ -8,11 +8,12 @@ import pytest
 from transformers import AutoModelForSequenceClassification
 
 import students  # noqa: F401
-from distill import pipeline
-from distill.batching import make_loader, tokenize
+from distill.runner import pipeline
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import load_config
-from distill.data import load_rotten_tomatoes
-from distill.evaluation import evaluate
+from distill.data.task_data import load_rotten_tomatoes
+from distill.engine.evaluation import evaluate
 
 EXP = "experiments/rotten_tomatoes_minilm.yaml"
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective
-from distill.unpad import PackedRows
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective
+from distill.engine.unpad import PackedRows
 from tests.conftest import tiny_config
 
 WEIGHTS = {"embedding_mse": 1.0, "hidden_mse": 2.0, "attention_scores_mse": 0.5, "soft_ce": 1.0, "hard_ce": 0.3}

@@ -6,11 +6,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from distill import export as onnx_export
-from distill.batching import make_loader, tokenize
-from distill.compress import _batches_and_labels, export_model
-from distill.data import load_local
-from distill.prune import prune_model
+from distill.passes import onnx as onnx_export
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
+from distill.stages.compress import _batches_and_labels, export_model
+from distill.data.task_data import load_local
+from distill.passes.prune import prune_model
 
 MAX_DROP = 0.01
 

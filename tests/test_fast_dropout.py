@@ -8,11 +8,13 @@ from torch._C import _len_torch_dispatch_stack
 from torch.utils.data import DataLoader
 from transformers import BertForSequenceClassification
 
-from distill import fast_dropout, trainer
+from distill.engine import fast_dropout
+
+from distill.engine import trainer
 from distill.config import TrainConfig
-from distill.fast_dropout import FastBernoulli, fill_mask
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective
+from distill.engine.fast_dropout import FastBernoulli, fill_mask
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective
 from tests.conftest import tiny_config
 
 

@@ -13,12 +13,13 @@ import torch
 from datasets import Dataset
 from transformers import BertForSequenceClassification
 
-from distill import feature_cache
-from distill.batching import make_loader, tokenize
+from distill.engine import feature_cache
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import ConfigError, ExperimentConfig, load_config
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective
-from teachers.finetune import load_finetuned
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective
+from distill.stages.teacher import load_finetuned
 from tests.conftest import tiny_config
 
 TEXTS = ["a good film", "bad", "the worst thing ever made by anyone anywhere", "fine enough",
@@ -284,8 +285,8 @@ def test_two_processes_share_one_cache_built_by_the_main_process(tmp_path):
 
 def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, tiny_teacher_dir, task_folder,
                                                                     capsys):
-    from distill.context import RunContext
-    from distill.distillation import run_intermediate
+    from distill.stages.context import RunContext
+    from distill.stages.distillation import run_intermediate
 
     overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}",
                  "teacher.already_finetuned=true", "teacher.gate=warn", f"task.name={task_folder}", "task.max_len=32",
@@ -309,7 +310,7 @@ def test_other_processes_wait_outside_any_collective_until_the_cache_is_sealed_o
     import threading
     import time
 
-    from distill.ranks import wait_for_main
+    from distill.base.ranks import wait_for_main
 
     folder, tmp = tmp_path / "teacher-features-k", tmp_path / "teacher-features-k.tmp"
     tmp.mkdir()
@@ -352,7 +353,7 @@ def test_waiting_processes_give_up_on_a_main_process_that_died_mid_build_but_not
     import threading
     import time
 
-    from distill.ranks import HEARTBEAT, heartbeat, wait_for_main
+    from distill.base.ranks import HEARTBEAT, heartbeat, wait_for_main
 
     dead = tmp_path / "dead.tmp"
     dead.mkdir()
@@ -381,7 +382,7 @@ def test_waiting_processes_give_up_on_a_main_process_that_died_mid_build_but_not
 def test_the_heartbeat_stops_with_its_block_and_outlives_no_folder(tmp_path):
     import time
 
-    from distill.ranks import HEARTBEAT, heartbeat
+    from distill.base.ranks import HEARTBEAT, heartbeat
 
     scratch = tmp_path / "x.tmp"
     scratch.mkdir()
@@ -404,7 +405,7 @@ def test_a_passing_touch_error_does_not_silence_a_live_main_process(tmp_path, mo
     import time
     from pathlib import Path
 
-    from distill.ranks import HEARTBEAT, heartbeat
+    from distill.base.ranks import HEARTBEAT, heartbeat
 
     scratch = tmp_path / "x.tmp"
     scratch.mkdir()

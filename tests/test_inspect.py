@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from distill import cli, pipeline
-from distill.baselines import noise_margin, task_baseline, within_noise
+from distill import cli
+
+from distill.runner import pipeline
+from distill.tasks.baselines import noise_margin, task_baseline, within_noise
 from distill.config import ConfigError, load_config
-from distill.context import RunContext
-from distill.data import TaskData
-from distill.flops import config_encoder_flops
-from distill.summary import SUMMARY_FILE, report_section, summarize
-from teachers.finetune import TeacherGateError, check_teacher, finetune_teacher
+from distill.stages.context import RunContext
+from distill.data.task_data import TaskData
+from distill.passes.flops import config_encoder_flops
+from distill.report.summary import SUMMARY_FILE, report_section, summarize
+from distill.stages.teacher import TeacherGateError, check_teacher, finetune_teacher
 from teachers.load import load_config as load_model_config
 
 STAGES = ("student-general", "student-intermediate", "student-task", "student-pruned", "export")
@@ -103,7 +105,7 @@ def test_noise_rule_is_two_standard_errors_of_a_proportion():
 
 
 def test_report_has_the_data_section_and_flags_noise(tmp_path, tokenizer):
-    from distill.report import write_report
+    from distill.report.report import write_report
 
     ds = Dataset.from_dict({"text": ["a good film", "a bad film"] * 50, "label": [1, 0] * 49 + [1, 1]})
     summary = summarize(TaskData("toy", ds, ds, ds, ["neg", "pos"], "accuracy"), tokenizer, 32)
@@ -257,6 +259,6 @@ def test_gate_keys_are_checked():
 
 def test_token_task_label_shares_are_out_of_all_tags_not_out_of_sentences():
     # 2 sentences, 10 tags: shares must be of the 10 tags (O 80%), never of the sentences (O 400%)
-    from distill.summary import _labels_cell
+    from distill.report.summary import _labels_cell
     cell = _labels_cell({"O": 8, "B-PER": 1, "I-PER": 1})
     assert cell == "O 8 (80.0%), B-PER 1 (10.0%), I-PER 1 (10.0%)"

@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from distill.layer_map import LayerMapError, build_layer_map, teacher_layers
-from distill.objectives import DistillObjective
+from distill.engine.layer_map import LayerMapError, build_layer_map, teacher_layers
+from distill.engine.objectives import DistillObjective
 from tests.conftest import tiny_config
 
 

@@ -7,10 +7,11 @@ import pytest
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
-from distill import logit_cache
-from distill.batching import make_loader, tokenize
-from distill.distillation import cache_teacher_logits
-from distill.objectives import with_teacher_logits
+from distill.engine import logit_cache
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
+from distill.stages.distillation import cache_teacher_logits
+from distill.engine.objectives import with_teacher_logits
 
 
 def _train_set(tokenizer):
@@ -73,7 +74,7 @@ def test_other_processes_poll_for_the_main_ones_logits_instead_of_waiting_at_a_b
     import threading
     import time
 
-    from distill import ranks
+    from distill.base import ranks
 
     barriers = []
     monkeypatch.setattr(ranks, "is_main_process", lambda: False)
@@ -99,7 +100,7 @@ def test_other_processes_poll_for_the_main_ones_logits_instead_of_waiting_at_a_b
 
 def test_a_failed_teacher_pass_on_the_main_process_frees_the_others_and_leaves_no_cache(tmp_path, tokenizer,
                                                                                         monkeypatch):
-    from distill import ranks
+    from distill.base import ranks
 
     def compute(ds):
         raise MemoryError("teacher pass died")
@@ -162,7 +163,7 @@ def test_any_failure_keeping_2as_logits_leaves_2b_its_own_teacher_pass(tmp_path,
     """Not only OSError: Arrow and memory errors while storing 2a's logits must not stop the command."""
     import pyarrow as pa
 
-    from distill.distillation import _keep_teacher_logits
+    from distill.stages.distillation import _keep_teacher_logits
     from distill.tasks import SEQUENCE_CLASSIFICATION
 
     data = _train_set(tokenizer)
@@ -180,7 +181,7 @@ def test_any_failure_keeping_2as_logits_leaves_2b_its_own_teacher_pass(tmp_path,
 
 def _tiny_run(tmp_path, tiny_teacher_dir, task_folder, *extra):
     from distill.config import load_config
-    from distill.context import RunContext
+    from distill.stages.context import RunContext
 
     return RunContext(load_config(None, [
         f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", "teacher.already_finetuned=true",
@@ -197,8 +198,8 @@ def test_2a_keeps_its_teacher_logits_and_2b_reads_them_instead_of_running_the_te
                                                                                       feature_cache):
     """The 2a teacher passes (training steps, or the feature cache's build) give 2b's logits: no separate
     teacher pass, and the same logits (to float rounding: other batches) as the pass 2b would have run."""
-    from distill import distillation
-    from teachers.finetune import load_finetuned
+    from distill.stages import distillation
+    from distill.stages.teacher import load_finetuned
 
     ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, f"task_distill.intermediate.epochs={epochs}")
     distillation.run_prediction(ctx)
@@ -227,8 +228,8 @@ def test_a_2a_killed_after_its_teacher_saw_every_example_still_leaves_2b_the_log
     then run again, leaves 2b no teacher pass to run (it used to lose the logits and run one)."""
     import math
 
-    from distill import distillation
-    from distill.objectives import DistillObjective
+    from distill.stages import distillation
+    from distill.engine.objectives import DistillObjective
 
     ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, "task_distill.intermediate.epochs=2",
                     f"task_distill.feature_cache={str(feature_cache).lower()}")
@@ -257,7 +258,7 @@ def test_a_2a_killed_after_its_teacher_saw_every_example_still_leaves_2b_the_log
                                      "task_distill.prediction_losses={hidden_mse: 1.0, soft_ce: 1.0}"])
 def test_2b_runs_its_own_teacher_pass_when_2a_cannot_give_it_every_logit(tmp_path, tiny_teacher_dir, task_folder,
                                                                          capsys, setting):
-    from distill import distillation
+    from distill.stages import distillation
 
     ctx = _tiny_run(tmp_path, tiny_teacher_dir, task_folder, setting)
     distillation.run_prediction(ctx)
@@ -308,7 +309,7 @@ def test_kept_rows_are_each_examples_own_unpadded_logits_for_every_task_kind(tok
 @pytest.mark.parametrize("guard", ["other precision in 2b", "several processes", "2a shorter than one pass"])
 def test_2a_keeps_no_logits_when_2b_could_not_trust_them(tmp_path, tiny_teacher_dir, task_folder, capsys,
                                                          monkeypatch, guard):
-    from distill import distillation
+    from distill.stages import distillation
 
     extra = ["task_distill.intermediate.epochs=1"]
     if guard == "other precision in 2b":
@@ -330,7 +331,7 @@ def test_2a_keeps_no_logits_when_2b_could_not_trust_them(tmp_path, tiny_teacher_
 
 
 def test_the_main_process_shows_signs_of_life_while_it_computes_and_the_entry_holds_no_trace(tmp_path, tokenizer):
-    from distill.ranks import HEARTBEAT
+    from distill.base.ranks import HEARTBEAT
 
     seen = []
 

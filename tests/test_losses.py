@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from distill import losses
-from distill.losses import LOSSES
+from distill.engine import losses
+from distill.engine.losses import LOSSES
 
 torch.manual_seed(0)
 B, S, D, H = 2, 5, 6, 3
@@ -151,7 +151,7 @@ def test_soft_ce_t2_follows_hinton_and_sanh():
 
 def test_attention_scores_are_float32_from_bf16_queries_and_keys():
     """Mixed precision: the student's q/k arrive in bf16; its scores must be as exact as the teacher's."""
-    from distill.features import LayerAttention
+    from distill.engine.features import LayerAttention
 
     q, k = torch.randn(B, S, 8).bfloat16(), torch.randn(B, S, 8).bfloat16()
     got = LayerAttention(q, k, k, heads=2).scores()

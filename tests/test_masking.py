@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from distill.config import ConfigError, load_config
-from distill.distillation import MLMCollator
-from distill.masking import WordMasking
+from distill.stages.distillation import MLMCollator
+from distill.data.masking import WordMasking
 
 # the MiniLM WordPiece vocabulary splits "unaffable" into una ##ffa ##ble and keeps the other words whole
 SENTENCE = "the unaffable playwright sat down"

@@ -6,13 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from distill.batching import make_loader, tokenize
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import TrainConfig
-from distill.context import save_hf_folder
-from distill.data import load_local
-from distill.objectives import FineTuneObjective
-from distill.tracking import Tracker
-from distill.trainer import train
+from distill.stages.context import save_hf_folder
+from distill.data.task_data import load_local
+from distill.engine.objectives import FineTuneObjective
+from distill.engine.tracking import Tracker
+from distill.engine.trainer import train
 
 
 @pytest.mark.parametrize("scores, best_step", [([math.nan, 0.5, 0.3], 2), ([math.nan, math.nan, 0.2], 3)])

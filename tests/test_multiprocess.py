@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.tracking import read_metrics
+from distill.engine.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from distill.losses import hard_ce, soft_ce
-from distill.metrics import entity_metrics
+from distill.engine.losses import hard_ce, soft_ce
+from distill.tasks.metrics import entity_metrics
 from distill.tasks import TOKEN_CLASSIFICATION
 from distill.tasks.token_classification import IGNORE, AlignmentStats, TokenCollator, encode_words
 
@@ -119,7 +119,7 @@ def test_collator_pads_labels_and_variable_length_teacher_logits(tokenizer):
 
 def test_per_token_hard_ce_is_zero_not_nan_when_no_position_has_a_tag():
     # a batch whose sentences kept no word (all pieces cut or empty) must not stop the run as "not finite"
-    from distill.losses import hard_ce
+    from distill.engine.losses import hard_ce
 
     loss = hard_ce(torch.randn(2, 3, 4), torch.full((2, 3), -100))
     assert torch.isfinite(loss) and loss.item() == 0.0

@@ -6,9 +6,9 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 
 from distill.config import TaskConfig
-from distill.data import DataError, load_task
+from distill.data.task_data import DataError, load_task
 from distill.tasks import TOKEN_CLASSIFICATION
-from distill.tasks.ner_data import to_iob2
+from distill.data.ner import to_iob2
 
 TRAIN = [(["John", "Smith", "visited", "Paris"], ["B-PER", "I-PER", "O", "B-LOC"]),
          (["Reuters", "reported", "it"], ["B-ORG", "O", "O"]),
@@ -148,6 +148,6 @@ def test_a_json_array_of_tokens_and_tags_is_token_data(tmp_path):
         assert data.kind is TOKEN_CLASSIFICATION and len(data.train) == 9
     pretty = tmp_path / "squad.json"  # a pretty-printed JSON object is not token data, and not a crash
     pretty.write_text(json.dumps({"version": "1.1", "data": []}, indent=2))
-    from distill.tasks.ner_data import _looks_like_tokens
+    from distill.data.ner import _looks_like_tokens
 
     assert not _looks_like_tokens(pretty)

@@ -8,12 +8,12 @@ from datasets import Dataset
 from transformers import AutoModelForTokenClassification, BertForTokenClassification, pipeline
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
-from distill import export as onnx_export
-from distill.batching import make_loader
-from distill.compress import _batches_and_labels, export_model
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective, with_teacher_logits
-from distill.prune import prune_model
+from distill.passes import onnx as onnx_export
+from distill.engine.batching import make_loader
+from distill.stages.compress import _batches_and_labels, export_model
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective, with_teacher_logits
+from distill.passes.prune import prune_model
 from distill.tasks import TOKEN_CLASSIFICATION
 from students.build import build_student
 from students.presets import StudentShape

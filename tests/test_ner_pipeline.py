@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoModelForTokenClassification, pipeline
 
-from distill import pipeline as stages
+from distill.runner import pipeline as stages
 from distill.config import load_config
 
 WORDS = {"PER": ["john", "mary", "peter"], "LOC": ["paris", "berlin", "london"], "ORG": ["google", "reuters"]}

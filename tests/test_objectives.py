@@ -1,10 +1,11 @@
 import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from distill.batching import make_loader, tokenize
-from distill.layer_map import build_layer_map
-from distill.losses import soft_ce, token_mse
-from distill.objectives import DistillObjective, with_teacher_logits
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
+from distill.engine.layer_map import build_layer_map
+from distill.engine.losses import soft_ce, token_mse
+from distill.engine.objectives import DistillObjective, with_teacher_logits
 from tests.conftest import tiny_config
 
 
@@ -70,9 +71,9 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from distill import distillation
+    from distill.stages import distillation
     from distill.config import load_config
-    from distill.context import RunContext
+    from distill.stages.context import RunContext
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema." for i in range(60)))
@@ -108,7 +109,7 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
 
 
 def test_projections_load_only_where_shapes_fit(tmp_path, tiny_teacher_dir):
-    from distill.objectives import save_projections
+    from distill.engine.objectives import save_projections
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).eval()
     objective = DistillObjective(_student(), teacher, build_layer_map({"embedding_mse": 1.0, "hidden_mse": 1.0},
@@ -125,7 +126,7 @@ def test_projections_load_only_where_shapes_fit(tmp_path, tiny_teacher_dir):
 def test_mlm_masks_do_not_depend_on_or_advance_the_global_rng(tokenizer):
     """The loader collates ahead of the step, so masks drawn from the global RNG would differ between a
     resumed run and an uninterrupted one (the trainer restores the RNG after the first fetch)."""
-    from distill.distillation import MLMCollator
+    from distill.stages.distillation import MLMCollator
 
     texts = ["the quick brown fox jumps over the lazy dog " * 3, "a completely different sentence about films " * 3]
     features = [{k: v for k, v in tokenizer(t).items()} for t in texts]

@@ -4,13 +4,13 @@ import torch
 from transformers import AttentionInterface, AutoModel, BertForMaskedLM, BertModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from distill import assets
-from distill.batching import make_loader, to_model_inputs
-from distill.corpus import pack_sequences
-from distill.layer_map import build_layer_map
-from distill.losses import attention_scores_mse, token_mse
-from distill.objectives import DistillObjective
-from distill.packing import (BlockMaskError, DocumentCollator, check_block_mask, document_attention_mask,
+from distill.base import assets
+from distill.engine.batching import make_loader, to_model_inputs
+from distill.data.corpus import pack_sequences
+from distill.engine.layer_map import build_layer_map
+from distill.engine.losses import attention_scores_mse, token_mse
+from distill.engine.objectives import DistillObjective
+from distill.data.packing import (BlockMaskError, DocumentCollator, check_block_mask, document_attention_mask,
                              document_positions)
 from tests.conftest import tiny_config
 
@@ -149,9 +149,9 @@ def test_block_mask_check_refuses_an_attention_that_ignores_the_mask():
 @pytest.mark.parametrize("packing,masking", [("intra_doc", "mac"), ("per_doc", "whole_word")])
 def test_general_stage_trains_with_packing_and_masking(tmp_path, tiny_mlm_teacher_dir, task_folder, monkeypatch,
                                                        packing, masking):
-    from distill import distillation
+    from distill.stages import distillation
     from distill.config import load_config
-    from distill.context import RunContext
+    from distill.stages.context import RunContext
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema on a rainy evening." * (1 + i % 3)
@@ -183,7 +183,7 @@ def test_general_stage_trains_with_packing_and_masking(tmp_path, tiny_mlm_teache
 
 def test_general_fingerprint_keeps_runs_made_before_packing_existed():
     from distill.config import load_config
-    from distill.distillation import _general_settings
+    from distill.stages.distillation import _general_settings
 
     default = _general_settings(load_config(None, []).general)
     assert not {"packing", "masking", "mac_neighbours", "min_doc_tokens"} & set(default)
@@ -219,7 +219,7 @@ def test_bm25_groups_related_documents_and_keeps_every_one(tokenizer):
 def test_the_first_sequence_reads_a_few_documents_not_a_thousand(tokenizer):
     """The preflight packs one sequence to prove the corpus readable; documents of a lazily parsed wiki dump
     cost ~1 s per article, so tokenizing them 1,000 at a time made that check take 17 s."""
-    from distill.corpus import iter_sequences
+    from distill.data.corpus import iter_sequences
 
     pulled = []
 

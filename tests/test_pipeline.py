@@ -7,9 +7,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from distill import pipeline
+from distill.runner import pipeline
 from distill.config import load_config
-from distill.run import StageConflictError
+from distill.stages.records import StageConflictError
 
 
 def _cfg(tmp_path, teacher, task, *extra):
@@ -121,7 +121,7 @@ def test_a_refused_format_still_ends_with_a_report_and_says_so(tmp_path, tiny_te
                                                                monkeypatch):
     """A forced QDQ check failure: the format is left out (check.json, log, report row), the others are kept,
     bench and report still run, and the exit status and last line name what was refused."""
-    from distill import export as onnx_export
+    from distill.passes import onnx as onnx_export
 
     monkeypatch.setitem(onnx_export.TOLERANCE, "int8-qdq", (0.0, 1.01))  # no artifact can pass this
     cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
@@ -143,7 +143,7 @@ def test_a_refused_format_still_ends_with_a_report_and_says_so(tmp_path, tiny_te
 
 
 def test_a_failing_bench_row_never_loses_the_report(tmp_path, tiny_teacher_dir, task_folder, monkeypatch):
-    from distill import bench
+    from distill.stages import bench
 
     real = bench.bench_one
 

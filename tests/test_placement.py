@@ -14,15 +14,16 @@ import torch
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from distill.batching import make_loader, tokenize
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import TrainConfig, load_config
-from distill.context import save_hf_folder
-from distill.data import load_local
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective, FineTuneObjective
-from distill.placement import placement
-from distill.tracking import Tracker
-from distill.trainer import train
+from distill.stages.context import save_hf_folder
+from distill.data.task_data import load_local
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective, FineTuneObjective
+from distill.engine.placement import placement
+from distill.engine.tracking import Tracker
+from distill.engine.trainer import train
 from tests.conftest import tiny_config
 
 
@@ -85,7 +86,7 @@ def test_teacher_forward_runs_under_the_training_autocast(tmp_path, tiny_teacher
 
 
 def test_teacher_logit_caching_runs_on_the_placement(tiny_teacher_dir, tokenizer, task_folder):
-    from distill.distillation import cache_teacher_logits
+    from distill.stages.distillation import cache_teacher_logits
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     recorder = Recorder(teacher)
@@ -98,7 +99,7 @@ def test_teacher_logit_caching_runs_on_the_placement(tiny_teacher_dir, tokenizer
 
 def test_mlm_augmentation_runs_on_the_placement(monkeypatch, tiny_mlm_teacher_dir, tokenizer):
     import teachers.load
-    from distill.augment import _augment_mlm, split_words
+    from distill.data.augment import _augment_mlm, split_words
 
     recorders = []
     original = teachers.load.load_backbone
@@ -120,7 +121,7 @@ def test_mlm_augmentation_runs_on_the_placement(monkeypatch, tiny_mlm_teacher_di
 
 
 def test_taylor_importance_runs_on_the_placement(tiny_teacher_dir, tokenizer, task_folder):
-    from distill.prune import prune_model
+    from distill.passes.prune import prune_model
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     calls = []

@@ -10,8 +10,8 @@ import torch
 from transformers import BertForSequenceClassification
 
 from distill.config import ConfigError, load_config
-from distill.context import RunContext
-from distill.pipeline import preflight
+from distill.stages.context import RunContext
+from distill.runner.pipeline import preflight
 from tests.conftest import tiny_config
 
 
@@ -121,7 +121,7 @@ def test_already_finetuned_teacher_by_hub_name(base, tmp_path, tokenizer, monkey
     teacher stage hands on a folder holding the model's files."""
     from huggingface_hub import constants
 
-    from teachers.finetune import finetune_teacher, load_finetuned
+    from distill.stages.teacher import finetune_teacher, load_finetuned
 
     cache = tmp_path / "hub"
     repo = cache / "models--acme--tiny-sst"
@@ -153,8 +153,8 @@ def test_already_finetuned_teacher_by_hub_name(base, tmp_path, tokenizer, monkey
 
 
 def _stages(overrides):
-    from distill.distillation import general_stage, intermediate_stage
-    from teachers.finetune import teacher_stage
+    from distill.stages.distillation import general_stage, intermediate_stage
+    from distill.stages.teacher import teacher_stage
 
     ctx = RunContext(load_config(None, overrides))
     return {"teacher": teacher_stage(ctx), "general": general_stage(ctx), "intermediate": intermediate_stage(ctx)}
@@ -197,7 +197,7 @@ def test_fingerprints_cover_the_corpus_and_model_folders(base, corpus, tiny_teac
 
 
 def test_a_finished_stage_is_not_reused_after_its_data_changed(base, task_folder):
-    from distill.run import StageConflictError
+    from distill.stages.records import StageConflictError
 
     stage = _stages(base)["teacher"]
     stage.start()

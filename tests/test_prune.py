@@ -6,9 +6,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
-from distill.batching import make_loader, tokenize
-from distill.data import load_local
-from distill.prune import prune_model
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
+from distill.data.task_data import load_local
+from distill.passes.prune import prune_model
 from students.modeling import PrunedBertConfig, PrunedBertForSequenceClassification
 
 HEAD = 8  # tiny_config: hidden 32, 4 heads of 8, FFN 64, 4 layers
@@ -32,7 +33,7 @@ def _kept_rows(original: torch.Tensor, pruned: torch.Tensor, block: int) -> list
 
 
 def _counted_flops(model, seq: int) -> int:
-    """FLOPs of the encoder's matmuls as PyTorch counts them while the model runs (independent of distill.flops)."""
+    """FLOPs of the encoder's matmuls as PyTorch counts them while the model runs (independent of distill.passes.flops)."""
     model.set_attn_implementation("eager")
     ids = torch.randint(1000, 2000, (1, seq))
     counter = FlopCounterMode(display=False)

@@ -9,8 +9,8 @@ import torch
 from datasets import Dataset
 
 from distill.config import TaskConfig, load_config
-from distill.data import DataError, load_task
-from distill.losses import hard_ce, soft_ce
+from distill.data.task_data import DataError, load_task
+from distill.engine.losses import hard_ce, soft_ce
 from distill.tasks import TaskKindError
 from distill.tasks.question_answering import QuestionAnswering
 from tests.qa_data import squad_folder, squad_json

@@ -9,14 +9,14 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, BertForQuestionAnswering
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
-from distill import export as onnx_export
-from distill.batching import make_loader
-from distill.compress import _batches_and_labels, export_model
-from distill.data import TaskData
-from distill.evaluation import evaluate, score_batches
-from distill.layer_map import build_layer_map
-from distill.objectives import DistillObjective, with_teacher_logits
-from distill.prune import prune_model
+from distill.passes import onnx as onnx_export
+from distill.engine.batching import make_loader
+from distill.stages.compress import _batches_and_labels, export_model
+from distill.data.task_data import TaskData
+from distill.engine.evaluation import evaluate, score_batches
+from distill.engine.layer_map import build_layer_map
+from distill.engine.objectives import DistillObjective, with_teacher_logits
+from distill.passes.prune import prune_model
 from distill.tasks.question_answering import QuestionAnswering, answer_questions
 from students.build import build_student
 from students.presets import StudentShape
@@ -143,7 +143,7 @@ def test_pruned_qa_student_reloads_and_answers(tmp_path, qa_model_dir, task, tok
 
 
 def _rows(model, data, windows, tokenizer):
-    from distill.evaluation import predict_rows
+    from distill.engine.evaluation import predict_rows
 
     return predict_rows(model, loader(data, windows, tokenizer, 5), data.kind)
 

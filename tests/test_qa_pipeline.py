@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-from distill import pipeline as stages
+from distill.runner import pipeline as stages
 from distill.config import load_config
 from distill.tasks.question_answering import answer_questions
 from tests.qa_data import squad_folder
@@ -88,7 +88,7 @@ def test_a_qa_experiment_on_classification_data_stops_before_any_stage(tmp_path,
 
 
 def test_a_qa_teacher_that_does_not_beat_the_overlap_baseline_is_stopped(tmp_path, tiny_encoder_dir):
-    from teachers.finetune import TeacherGateError
+    from distill.stages.teacher import TeacherGateError
 
     # templated paragraphs: "What is the capital of france?" shares 4 words with "The capital of france is paris,
     # ...", so the overlap baseline answers "paris," and scores high; a 3-step tiny teacher does not

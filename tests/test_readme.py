@@ -1,6 +1,6 @@
 import pytest
 
-from distill.readme import ReadmeError, artifacts_section, main, replace_results
+from distill.report.readme import ReadmeError, artifacts_section, main, replace_results
 
 REPORT = """# Distillation report
 

@@ -11,9 +11,9 @@ from transformers import BertConfig, BertForMaskedLM, BertForQuestionAnswering
 
 from safetensors import safe_open
 
-from distill import pipeline
+from distill.runner import pipeline
 from distill.config import load_config
-from distill.tracking import read_metrics
+from distill.engine.tracking import read_metrics
 from students.presets import resolve_shape
 from tests.qa_data import squad_folder
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertModel
 
-from distill import pipeline
+from distill.runner import pipeline
 from distill.config import load_config
-from distill.context import RunContext
-from distill.distillation import check_task_losses, losses_for_task, student_shape
-from distill.evaluation import evaluate
-from distill.layer_map import LayerMapError, build_layer_map
-from distill.objectives import DistillObjective
+from distill.stages.context import RunContext
+from distill.stages.distillation import check_task_losses, losses_for_task, student_shape
+from distill.engine.evaluation import evaluate
+from distill.engine.layer_map import LayerMapError, build_layer_map
+from distill.engine.objectives import DistillObjective
 from students.build import build_student
 from tests.conftest import tiny_config
 

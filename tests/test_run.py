@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from distill.config import TrainConfig, load_config
-from distill.context import RunContext
-from distill.fsutil import recover_folder, remove_folder, replace_folder
-from distill.objectives import FineTuneObjective
-from distill.run import StageConflictError, StageRun
-from distill.tracking import Tracker, read_metrics
+from distill.stages.context import RunContext
+from distill.base.fsutil import recover_folder, remove_folder, replace_folder
+from distill.engine.objectives import FineTuneObjective
+from distill.stages.records import StageConflictError, StageRun
+from distill.engine.tracking import Tracker, read_metrics
 from tests.test_trainer import Crash, CrashingObjective, CrashOnRename, _run, _setup
 
 
@@ -48,7 +48,7 @@ def test_replace_folder_leaves_a_complete_copy_at_every_crash_point(tmp_path, mo
 
 
 def test_export_folder_swap_killed_midway_keeps_the_previous_artifact(tmp_path, monkeypatch):
-    from distill.export import CheckResult, swap_in, write_folder
+    from distill.passes.onnx import CheckResult, swap_in, write_folder
 
     model_dir = tmp_path / "src"
     model_dir.mkdir()
@@ -161,7 +161,7 @@ def test_metrics_repeated_by_a_resume_are_read_once(tmp_path):
 def test_a_stage_records_its_own_wall_time_without_the_stages_that_ran_inside_it(tmp_path, monkeypatch):
     """2a pulls in the general stage after its own first look: general's seconds are not 2a's too. A
     stage whose first look found it to do counts its preparation (before ``start``)."""
-    from distill import run
+    from distill.stages import records as run
 
     clock = [100.0]
     monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
@@ -182,7 +182,7 @@ def test_a_stage_records_its_own_wall_time_without_the_stages_that_ran_inside_it
 
 
 def test_the_distill_summary_gives_each_stage_and_the_ratio_to_the_teacher():
-    from distill.pipeline import describe_times
+    from distill.runner.pipeline import describe_times
 
     line = describe_times({"teacher": 120.0, "student-task": 90.0, "bench": 30.0}, 300.0)
     assert line == "[distill] wall time 5.0 min: teacher 2.0, 2b 1.5, bench 0.5, other 1.0 (minutes); 2.5x the teacher stage"

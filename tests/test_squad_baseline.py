@@ -2,8 +2,8 @@
 import pytest
 from datasets import Dataset
 
-from distill.baselines import task_baseline
-from distill.data import TaskData
+from distill.tasks.baselines import task_baseline
+from distill.data.task_data import TaskData
 from distill.tasks.squad_baseline import answer_length, overlap_answer
 
 CONTEXT = "The tower was built in 1889. It was designed by Gustave Eiffel for the fair."

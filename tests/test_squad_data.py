@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from distill.tasks.squad_data import (LoadStats, QADataError, load_local_squad, read_squad_json, split_by_article)
+from distill.data.squad import (LoadStats, QADataError, load_local_squad, read_squad_json, split_by_article)
 
 
 def _squad(articles: int, questions_per_paragraph: int = 2, bad: int = 0, v2: bool = False) -> dict:

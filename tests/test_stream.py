@@ -4,8 +4,8 @@ import torch
 from safetensors.torch import load_file
 
 from distill.config import ConfigError, load_config
-from distill.objectives import DistillObjective
-from distill.stream import SequenceStream
+from distill.engine.objectives import DistillObjective
+from distill.data.stream import SequenceStream
 
 
 def _rows(n):
@@ -39,7 +39,7 @@ class Crash(Exception):
 
 
 def _general(tmp_path, run_id, corpus, teacher_dir, task_folder, extra=()):
-    from distill.context import RunContext
+    from distill.stages.context import RunContext
 
     overrides = [f"output_dir={tmp_path / 'runs'}", f"run_id={run_id}", f"teacher.name={teacher_dir}",
                  f"task.name={task_folder}", "student.preset=custom", "student.layers=2", "student.hidden=32",
@@ -50,7 +50,7 @@ def _general(tmp_path, run_id, corpus, teacher_dir, task_folder, extra=()):
 
 
 def test_killed_streaming_run_resumes_at_its_stream_position(tmp_path, tiny_teacher_dir, task_folder, monkeypatch):
-    from distill import distillation
+    from distill.stages import distillation
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -3,7 +3,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from distill.flops import encoder_flops
+from distill.passes.flops import encoder_flops
 from students.build import StudentInitError, build_student, init_teacher_layers
 from students.presets import PRESETS, resolve_shape
 from tests.conftest import tiny_config

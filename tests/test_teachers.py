@@ -1,13 +1,14 @@
 import pytest
 import torch
 
-from distill.features import FeatureTap
+from distill.tasks import SEQUENCE_CLASSIFICATION
+from distill.engine.features import FeatureTap
 from teachers.load import TeacherLoadError, has_mlm_head, load_classifier, load_tokenizer, resolve_teacher_path
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_classifier("minilm-l6", ["rotten", "fresh"]).eval(), load_tokenizer("minilm-l6")
+    return load_classifier("minilm-l6", ["rotten", "fresh"], SEQUENCE_CLASSIFICATION).eval(), load_tokenizer("minilm-l6")
 
 
 def test_embedded_teacher_is_the_real_pretrained_minilm(minilm):

@@ -6,14 +6,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from distill.batching import make_loader, tokenize
+from distill.engine.batching import make_loader
+from distill.tasks.sequence_classification import tokenize
 from distill.config import TrainConfig
-from distill.context import save_hf_folder
-from distill.data import load_local
-from distill.evaluation import evaluate
-from distill.objectives import FineTuneObjective
-from distill.tracking import Tracker, read_metrics
-from distill.trainer import train
+from distill.stages.context import save_hf_folder
+from distill.data.task_data import load_local
+from distill.engine.evaluation import evaluate
+from distill.engine.objectives import FineTuneObjective
+from distill.engine.tracking import Tracker, read_metrics
+from distill.engine.trainer import train
 
 
 class Crash(Exception):
@@ -173,7 +174,7 @@ def test_a_finished_training_is_not_run_again(tmp_path, tiny_teacher_dir, task_f
 
 
 def test_model_folder_swap_killed_midway_is_restored(tmp_path, monkeypatch, tiny_teacher_dir, tokenizer):
-    from distill.fsutil import recover_folder
+    from distill.base.fsutil import recover_folder
 
     first = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     save_hf_folder(first, tokenizer, tmp_path / "model")

@@ -31,8 +31,6 @@ class SequenceClassification(TaskKind):
                 "label2id": {n: i for i, n in enumerate(label_names)}, "problem_type": "single_label_classification"}
 
     def tokenize(self, dataset, tokenizer, max_len: int, split: str = ""):
-        from distill.batching import tokenize
-
         return tokenize(dataset, tokenizer, max_len)
 
     def collator(self, tokenizer):
@@ -53,9 +51,24 @@ class SequenceClassification(TaskKind):
         return list(flat)
 
     def metrics(self, logit_rows, label_rows, metric, label_names):
-        from distill.metrics import compute_metrics
+        from distill.tasks.metrics import compute_metrics
 
         return compute_metrics(self.collect(list(logit_rows)), self.collect(list(label_rows)), metric)
 
 
 SEQUENCE_CLASSIFICATION = SequenceClassification()
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_len: int) -> Dataset:
+    """Adds input_ids/attention_mask/token_type_ids/labels/length; nothing is padded here."""
+    has_pair = "text_pair" in dataset.column_names
+
+    def encode(batch: dict) -> dict:
+        pair = batch["text_pair"] if has_pair else None
+        enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_len)
+        enc["length"] = [len(ids) for ids in enc["input_ids"]]
+        if "label" in batch:
+            enc["labels"] = batch["label"]
+        return enc
+
+    return dataset.map(encode, batched=True, desc="tokenize", load_from_cache_file=False)

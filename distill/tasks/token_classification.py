@@ -187,7 +187,7 @@ class TokenClassification(TaskKind):
         return np.split(flat, np.cumsum(lengths)[:-1])
 
     def metrics(self, logit_rows, label_rows, metric, label_names):
-        from distill.metrics import entity_metrics
+        from distill.tasks.metrics import entity_metrics
 
         if not label_names:
             raise TaskKindError("entity F1 needs the tag names (id2label)")
