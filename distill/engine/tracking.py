@@ -24,6 +24,14 @@ def resolve_wandb_mode(mode: str) -> str:
     return "offline"
 
 
+COPY_ARTIFACTS_ENV = "DISTILL_WANDB_COPY"  # 1: upload model folders to wandb instead of logging references
+
+
+def wandb_copies_artifacts() -> bool:
+    """True when DISTILL_WANDB_COPY asks for the model files themselves in wandb (not only their paths)."""
+    return os.environ.get(COPY_ARTIFACTS_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 class Tracker:
     """Appends every logged dict to ``metrics.jsonl`` and mirrors it to a wandb run. Each record is one
     ``write`` of a whole line; a line cut short by a kill is dropped when the file is opened again.
@@ -77,14 +85,23 @@ class Tracker:
             write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log_artifacts(self, folders: dict[str, Path], kind: str = "model") -> None:
-        """Model folders (student checkpoints, ONNX exports) as wandb artifacts; offline runs sync them later."""
+        """Model folders (student checkpoints, ONNX exports) as wandb artifacts, by reference: each file's
+        ``file://`` path, size and checksum, nothing copied or uploaded (the files stay in the run folder).
+        With ``DISTILL_WANDB_COPY=1`` the files themselves are uploaded, read straight from the run folder
+        (offline: by ``wandb sync``, while that folder still exists). Either way nothing is copied into
+        wandb's staging folder or artifact cache."""
         if self._wandb is None:
             return
         import wandb
 
+        upload = wandb_copies_artifacts()
         for name, folder in folders.items():
             artifact = wandb.Artifact(name.replace("/", "-"), type=kind)
-            artifact.add_dir(str(folder))
+            if upload:
+                # "immutable": upload from the folder itself, not from a copy made in wandb's staging folder
+                artifact.add_dir(str(folder), policy="immutable", skip_cache=True)
+            else:
+                artifact.add_reference(Path(folder).resolve().as_uri())
             self._wandb.log_artifact(artifact)
 
     def summary(self, metrics: dict[str, Any]) -> None:
