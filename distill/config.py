@@ -554,13 +554,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read an experiment YAML (or the defaults), apply ``key.sub=value`` overrides, validate."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"experiment file {str(path)!r} does not exist; see experiments/ for examples")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"experiment file {str(path)!r}: top level must be a mapping of keys")
-        data = loaded or {}
+        data = _read_experiment(Path(path))
     defaults = to_dict(ExperimentConfig())
     for text in overrides:
         keys, value = _parse_override(text, ExperimentConfig)
@@ -575,6 +569,63 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = _build(ExperimentConfig, data)
     cfg.validate()
     return cfg
+
+
+def _read_experiment(path: Path) -> dict:
+    """The mapping in an experiment YAML. A folder, a missing file or a YAML syntax error is a one-line
+    ConfigError naming the file (and line), or listing the experiments there are."""
+    if path.is_dir():
+        raise ConfigError(f"experiment file {str(path)!r} is a folder, not a YAML file; {_known_experiments(path)}")
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist; {_known_experiments()}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"experiment file {str(path)!r} is not a text file; {_known_experiments()}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_error(path, err)) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"experiment file {str(path)!r}: top level must be a mapping of keys")
+    return loaded or {}
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line: file, line and column (1-based) and what the YAML parser expected there."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return f"experiment file {str(path)!r}: invalid YAML: {str(err).splitlines()[0]}"
+    where = f"experiment file {str(path)!r}, line {mark.line + 1}, column {mark.column + 1}"
+    context = getattr(err, "context", None) or ""
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != mark.line:
+        context += f" that starts on line {context_mark.line + 1}"
+    hint = "; indent with spaces, not tabs" if "'\\t'" in (err.problem or "") else ""
+    return f"{where}: invalid YAML: {err.problem}" + (f" ({context})" if context else "") + hint
+
+
+EXPERIMENTS_SHOWN = 20  # experiment files listed after a wrong --config path
+
+
+def _known_experiments(folder: Path | None = None) -> str:
+    """'experiments: a.yaml, b.yaml' for the YAML files in ``folder`` (when given), ./experiments and the
+    repository's experiments/ (with sub-folders), shown relative to the working directory where they lie under it."""
+    roots = [Path("experiments"), Path(__file__).resolve().parents[1] / "experiments"]
+    if folder is not None:
+        roots.insert(0, folder)
+    cwd = Path.cwd().resolve()
+    found: dict[Path, str] = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for file in sorted(root.glob("**/*.yaml")) + sorted(root.glob("**/*.yml")):
+            resolved = file.resolve()
+            shown = resolved.relative_to(cwd) if resolved.is_relative_to(cwd) else resolved
+            found.setdefault(resolved, str(shown))
+    if not found:
+        return "no experiments/*.yaml found in the working directory or the repository"
+    names = list(found.values())
+    more = f" and {len(names) - EXPERIMENTS_SHOWN} more" if len(names) > EXPERIMENTS_SHOWN else ""
+    return "experiments: " + ", ".join(names[:EXPERIMENTS_SHOWN]) + more
 
 
 def to_dict(cfg: Any) -> dict:

@@ -72,6 +72,52 @@ def test_missing_experiment_file():
         load_config("experiments/nope.yaml")
 
 
+@pytest.mark.parametrize("given, says", [("nope.yaml", "does not exist"), ("experiments", "is a folder")])
+def test_wrong_config_path_lists_the_experiments(given, says, tmp_path, monkeypatch):
+    """Run from a folder of one's own with experiments/ (and a sub-folder): those and the repo's are listed."""
+    (tmp_path / "experiments" / "mine").mkdir(parents=True)
+    (tmp_path / "experiments" / "mine" / "own.yaml").write_text("name: own\n")
+    (tmp_path / "experiments" / "top.yaml").write_text("name: top\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(given)
+    message = str(err.value)
+    assert "\n" not in message and says in message and repr(given) in message
+    listed = message.split("experiments: ", 1)[1].split(", ")
+    assert "experiments/mine/own.yaml" in listed and "experiments/top.yaml" in listed
+    assert any(name.endswith("/experiments/rotten_tomatoes_minilm.yaml") for name in listed)  # the repo's
+
+
+@pytest.mark.parametrize("text, line, column, problem", [
+    ("teacher:\n  name: minilm-l6\n  finetune: {lr: 1e-5\nstudent:\n  layers: 2\n", 4, 8,
+     "expected ',' or '}', but got ':' (while parsing a flow mapping that starts on line 3)"),
+    ("teacher:\n  name: minilm-l6\n   finetune: 1\n", 3, 12, "mapping values are not allowed here"),
+    ("teacher:\n\tname: minilm-l6\n", 2, 1, "indent with spaces, not tabs"),
+])
+def test_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path, text, line, column, problem):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message and "<unicode string>" not in message
+    assert message.startswith(f"experiment file {str(path)!r}, line {line}, column {column}: invalid YAML: ")
+    assert problem in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no yaml traceback behind it
+
+
+def test_cli_prints_a_yaml_error_as_one_line(tmp_path, capsys):
+    from distill.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [a\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["config", "--config", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: experiment file {str(path)!r}, line 2") and "\n" not in err
+
+
 def test_every_experiment_file_validates():
     from pathlib import Path
 
