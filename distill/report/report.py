@@ -134,6 +134,45 @@ def data_section(run_dir: Path, rows: list[dict], config_yaml: str) -> list[str]
     return report_section(summary, rows, min(n, cap) if cap else n)
 
 
+def _read_result(path: Path) -> dict:
+    """A stage's result.json, or {} when the stage was not run (or its file is unreadable)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def teacher_trend_notes(run_dir: Path) -> list[str]:
+    """A sentence when the teacher's dev score was still rising when its training stopped (teacher/trend.json,
+    written by the teacher check)."""
+    trend = _read_result(Path(run_dir) / "teacher" / "trend.json")
+    if not trend.get("rising"):
+        return []
+    history = ", ".join(f"{v:.4f} @ step {s}" for s, v in zip(trend["steps"], trend["scores"]))
+    return [f"Teacher may be undertrained: dev {trend.get('metric', 'score')} rose from {trend['scores'][-2]:.4f} "
+            f"to {trend['scores'][-1]:.4f} over its last evaluations ({history}); its best score is its last. "
+            "Train it longer (teacher.finetune.epochs or max_steps, with a new run_id) before distilling."]
+
+
+def baseline_section(run_dir: Path) -> list[str]:
+    """The distilled student beside the same student trained without a teacher (``make baseline``), when
+    both finished; a sentence when the baseline wins."""
+    student = _read_result(Path(run_dir) / "student-task" / "result.json").get("test")
+    baseline = _read_result(Path(run_dir) / "student-baseline" / "result.json").get("test")
+    if not baseline:
+        return []
+    lines = ["## Distilled student vs no teacher", "", "| student | test score |", "|---|---|",
+             f"| no teacher (student-baseline) | {baseline['score']:.4f} |"]
+    if student:
+        lines.append(f"| distilled (student-task) | {student['score']:.4f} |")
+    lines.append("")
+    if student and baseline["score"] > student["score"]:
+        lines += [f"The same student without a teacher scored higher: {baseline['score']:.4f} against "
+                  f"{student['score']:.4f} for the distilled one (test). The teacher may be undertrained or the "
+                  "distillation settings off (temperature, loss weights, epochs).", ""]
+    return lines
+
+
 def _markdown_html(lines: list[str]) -> str:
     """Headings, pipe tables and paragraphs of a markdown section as HTML."""
     out, table = [], []
@@ -178,7 +217,8 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     has_losses = loss_plot(run_dir, losses)
     table = _table(rows, teacher)
     table += left_out_lines(left_out, table[1].count("|") - 1)
-    extra = [*runtime_notes(rows), *extra]
+    extra = [*runtime_notes(rows), *teacher_trend_notes(run_dir), *extra]
+    versus = baseline_section(run_dir)
     if left_out:
         extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)
                      + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json);"
@@ -187,7 +227,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
           "", *table, "", *extra, ""] + (["![pareto](pareto.png)", ""] if has_pareto else [])
     if has_losses:
         md += ["![losses](losses.png)", ""]
-    md += data + ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    md += versus + data + ["## Resolved config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     (run_dir / "report.md").write_text("\n".join(md))
     body = io.StringIO()
     body.write("<!doctype html><html><head><meta charset='utf-8'><title>Distillation report</title>"
@@ -209,7 +249,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
         body.write("<h2>Accuracy vs latency</h2>" + _img(pareto))
     if has_losses:
         body.write("<h2>Loss curves</h2>" + _img(losses))
-    body.write(_markdown_html(data))
+    body.write(_markdown_html(versus + data))
     body.write(f"<h2>Resolved config</h2><pre>{html.escape(config_yaml)}</pre></body></html>")
     (run_dir / "report.html").write_text(body.getvalue())
     (run_dir / "bench.json").write_text(json.dumps(rows, indent=1))
