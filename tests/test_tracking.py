@@ -8,7 +8,7 @@ from distill.engine.tracking import Tracker
 
 @pytest.fixture()
 def wandb_home(tmp_path, monkeypatch):
-    """An offline wandb whose home, data, cache and config folders all lie under tmp_path; returns its staging folder."""
+    """An offline wandb whose home, data, cache and config folders lie under tmp_path; returns its staging folder."""
     home = tmp_path / "home"
     for var, sub in (("HOME", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
                      ("WANDB_CONFIG_DIR", "config")):
