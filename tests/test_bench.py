@@ -4,7 +4,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from distill.stages.bench import Runner, bench_one, synthetic
-from distill.stages.compress import export_model
+from distill.passes.export import export_model
 from distill.benchmarks.speed import _profile
 from tests.conftest import tiny_config
 

@@ -16,7 +16,8 @@ def _ctx(tmp_path, corpus, task_folder, teacher_dir, *extra):
 
 
 def _no_model_loads(monkeypatch):
-    from distill.stages import distillation
+    from distill.runner.plan import build
+    from distill.stages import general as distillation
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the corpus was checked")
@@ -32,15 +33,16 @@ def _no_model_loads(monkeypatch):
 ])
 def test_bad_corpus_file_fails_before_any_model_loads(tmp_path, monkeypatch, task_folder, tiny_teacher_dir,
                                                       content, message, streaming):
-    from distill.stages import distillation
+    from distill.runner.plan import build
+    from distill.stages import general as distillation
 
     path = tmp_path / "corpus.txt"
     path.write_bytes(content)
     _no_model_loads(monkeypatch)
     ctx = _ctx(tmp_path, path, task_folder, tiny_teacher_dir, f"general.streaming={streaming}")
     with pytest.raises(CorpusError, match=message):
-        distillation.run_general(ctx)
-    assert not distillation.general_stage(ctx).dir.exists()  # nothing started
+        build(ctx, "general")
+    assert not (ctx.run_dir / "student-general").exists()  # nothing started
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -73,7 +75,8 @@ def test_intra_doc_with_an_attention_that_ignores_the_mask_stops_before_training
                                                                                   tiny_teacher_dir):
     from transformers import AttentionInterface
 
-    from distill.stages import distillation
+    from distill.runner.plan import build
+    from distill.stages import general as distillation
     from distill.data.packing import BlockMaskError
     from tests.test_packing import _ignore_mask
 
@@ -92,7 +95,7 @@ def test_intra_doc_with_an_attention_that_ignores_the_mask_stops_before_training
                "student.layers=2", "student.hidden=32", "student.heads=4", "student.ffn=32")
     with pytest.raises(BlockMaskError, match="teacher's attention implementation 'test_ignore_mask' lets documents "
                                              "attend to each other; use eager or sdpa"):
-        distillation.run_general(ctx)
+        build(ctx, "general")
 
 
 def _segmentation_task(folder, english=True):

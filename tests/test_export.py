@@ -9,7 +9,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from distill.passes import onnx as onnx_export
 from distill.engine.batching import make_loader
 from distill.tasks.sequence_classification import tokenize
-from distill.stages.compress import _batches_and_labels, export_model
+from distill.passes.export import export_model
+from distill.stages.export import _batches_and_labels
 from distill.data.task_data import load_local
 from distill.passes.prune import prune_model
 

@@ -286,7 +286,7 @@ def test_two_processes_share_one_cache_built_by_the_main_process(tmp_path):
 def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, tiny_teacher_dir, task_folder,
                                                                     capsys):
     from distill.stages.context import RunContext
-    from distill.stages.distillation import run_intermediate
+    from distill.runner.plan import build
 
     overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}",
                  "teacher.already_finetuned=true", "teacher.gate=warn", f"task.name={task_folder}", "task.max_len=32",
@@ -296,7 +296,7 @@ def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, ti
                  "task_distill.intermediate.max_steps=12",  # 40 examples in 5 batches: 2.4 passes
                  "task_distill.intermediate.save_every=0", "task_distill.intermediate.log_every=4"]
     ctx = RunContext(load_config(None, overrides))
-    run_intermediate(ctx)
+    build(ctx, "2a")
     out = capsys.readouterr().out
     assert "teacher features (hidden 0,2,4; scores 2,4) of 40 examples computed once" in out
     assert len(list((ctx.run_dir / "cache").glob("teacher-features-*"))) == 1
@@ -306,121 +306,58 @@ def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, ti
     assert all({"embedding_mse", "attention_scores_mse", "hidden_mse"} <= set(r) for r in records)
 
 
-def test_other_processes_wait_outside_any_collective_until_the_cache_is_sealed_or_abandoned(tmp_path):
-    import threading
-    import time
-
-    from distill.base.ranks import wait_for_main
-
-    folder, tmp = tmp_path / "teacher-features-k", tmp_path / "teacher-features-k.tmp"
-    tmp.mkdir()
-
-    def seal():
-        time.sleep(0.3)
-        (tmp / "meta.json").write_text("{}")
-        tmp.rename(folder)
-
-    thread = threading.Thread(target=seal)
-    start = time.perf_counter()
-    thread.start()
-    wait_for_main((folder / "meta.json").is_file, tmp, poll_s=0.01)  # a long build never meets a barrier's timeout
-    assert time.perf_counter() - start >= 0.3 and (folder / "meta.json").is_file()
-    thread.join()
-    start = time.perf_counter()
-    wait_for_main((tmp_path / "other" / "meta.json").is_file, tmp_path / "other.tmp", poll_s=0.01)  # nothing being built
-    assert time.perf_counter() - start < 0.3
-
-    # a shared file system may show the scratch folder gone before the sealed folder appears
-    late, scratch = tmp_path / "late", tmp_path / "late.tmp"
-    scratch.mkdir()
-
-    def appear_late():
-        time.sleep(0.1)
-        scratch.rmdir()
-        time.sleep(0.3)
-        late.mkdir()
-
-    thread = threading.Thread(target=appear_late)
-    thread.start()
-    wait_for_main(late.is_dir, scratch, poll_s=0.01, grace_s=5.0)
-    thread.join()
-    assert late.is_dir()
+def test_a_folder_left_unsealed_by_a_kill_is_removed_and_built_again(tmp_path, tiny_teacher_dir, tokenizer, capsys):
+    """A kill between unsealing a damaged cache (meta.json gone) and removing it leaves the folder behind:
+    sealing a new build over it failed, so every later run paid for a build and then ran without the cache."""
+    ctx = _ctx(tmp_path, tokenizer)
+    objective = _objective(tiny_teacher_dir, TINYBERT)
+    feature_cache.prepare(ctx, objective, tiny_teacher_dir, _train_set(tokenizer))
+    folder = objective.feature_cache.folder
+    (folder / "meta.json").unlink()
+    capsys.readouterr()
+    for _ in range(2):  # built again once, then reused
+        again = _objective(tiny_teacher_dir, TINYBERT)
+        data = feature_cache.prepare(ctx, again, tiny_teacher_dir, _train_set(tokenizer))
+        assert again.feature_cache is not None and again.feature_cache.folder == folder
+        assert "example_id" in data.column_names
+    out = capsys.readouterr().out
+    assert "cache off" not in out and "computed once" in out and "reused from" in out
+    assert feature_cache.FeatureCache.damage(folder) is None
 
 
-def test_waiting_processes_give_up_on_a_main_process_that_died_mid_build_but_not_on_a_slow_one(tmp_path):
-    """A main process killed mid-build (SIGKILL, out of memory) leaves its scratch folder: the others used to
-    poll it for ever. Its heartbeat stops changing, so they raise; a live build keeps beating and is waited on."""
-    import threading
-    import time
+def test_another_rank_reads_the_cache_the_main_process_sealed_before_the_barrier(tmp_path, tiny_teacher_dir,
+                                                                                 tokenizer, monkeypatch):
+    """A rank other than the main one never builds: it meets the barrier while the main process builds
+    (simulated inside the barrier by copying a sealed folder in place), then reads the cache."""
+    import shutil
 
-    from distill.base.ranks import HEARTBEAT, heartbeat, wait_for_main
+    built = _objective(tiny_teacher_dir, TINYBERT)
+    feature_cache.prepare(_ctx(tmp_path / "main", tokenizer), built, tiny_teacher_dir, _train_set(tokenizer))
+    sealed = built.feature_cache.folder
+    other_run = tmp_path / "other"
+    target = other_run / "cache" / sealed.name  # the key does not depend on the run folder
 
-    dead = tmp_path / "dead.tmp"
-    dead.mkdir()
-    (dead / HEARTBEAT).touch()  # what the killed process last wrote
-    start = time.perf_counter()
-    with pytest.raises(RuntimeError, match="stopped writing"):
-        wait_for_main((tmp_path / "dead" / "meta.json").is_file, dead, poll_s=0.01, stale_s=0.3)
-    assert time.perf_counter() - start < 5
-
-    slow, folder = tmp_path / "slow.tmp", tmp_path / "slow"
-    slow.mkdir()
-
-    def build():
-        with heartbeat(slow, every_s=0.05):
-            time.sleep(1.0)  # three times the staleness limit
-        (slow / HEARTBEAT).unlink()
-        slow.rename(folder)
-
-    thread = threading.Thread(target=build)
-    thread.start()
-    wait_for_main(folder.is_dir, slow, poll_s=0.01, stale_s=0.3)
-    thread.join()
-    assert folder.is_dir() and not (folder / HEARTBEAT).exists()
+    monkeypatch.setattr(feature_cache, "is_main_process", lambda: False)
+    monkeypatch.setattr(feature_cache, "wait_for_everyone", lambda: shutil.copytree(sealed, target))
+    rank = _objective(tiny_teacher_dir, TINYBERT)
+    rank.teacher_tap = CountingTap(rank.teacher_tap)
+    data = feature_cache.prepare(_ctx(other_run, tokenizer), rank, tiny_teacher_dir, _train_set(tokenizer))
+    assert rank.feature_cache.folder == target and rank.teacher_tap.calls == 0
+    assert "example_id" in data.column_names
 
 
-def test_the_heartbeat_stops_with_its_block_and_outlives_no_folder(tmp_path):
-    import time
+def test_the_build_gives_the_teacher_back_where_it_was(tmp_path, tiny_teacher_dir, tokenizer, monkeypatch):
+    """The build runs the teacher on the placement's device; it used to leave it there (on a GPU machine the
+    caller's CPU tensors then met a CUDA teacher). No second device here: the teacher's .to is recorded
+    (and not carried out) under a placement on the meta device whose inputs stay on the CPU."""
+    import contextlib
 
-    from distill.base.ranks import HEARTBEAT, heartbeat
-
-    scratch = tmp_path / "x.tmp"
-    scratch.mkdir()
-    with heartbeat(scratch, every_s=0.02):
-        first = (scratch / HEARTBEAT).stat().st_mtime_ns
-        time.sleep(0.2)
-        assert (scratch / HEARTBEAT).stat().st_mtime_ns > first
-    last = (scratch / HEARTBEAT).stat().st_mtime_ns
-    time.sleep(0.1)
-    assert (scratch / HEARTBEAT).stat().st_mtime_ns == last  # the thread is gone
-    gone = tmp_path / "gone.tmp"  # a folder removed (e.g. on an error): the thread stops quietly, creates nothing
-    with heartbeat(gone, every_s=0.02):
-        time.sleep(0.1)
-    assert not gone.exists()
-
-
-def test_a_passing_touch_error_does_not_silence_a_live_main_process(tmp_path, monkeypatch):
-    """E.g. ESTALE on NFS: the heartbeat goes on while its folder exists (it used to stop for good, so
-    the waiting processes took a live main process for a dead one)."""
-    import time
-    from pathlib import Path
-
-    from distill.base.ranks import HEARTBEAT, heartbeat
-
-    scratch = tmp_path / "x.tmp"
-    scratch.mkdir()
-    real_touch, calls = Path.touch, []
-
-    def flaky(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(116, "Stale file handle")
-        return real_touch(self, *a, **k)
-
-    monkeypatch.setattr(Path, "touch", flaky)
-    with heartbeat(scratch, every_s=0.02):
-        time.sleep(0.1)
-        before = (scratch / HEARTBEAT).stat().st_mtime_ns
-        time.sleep(0.15)
-        assert (scratch / HEARTBEAT).stat().st_mtime_ns > before
-    assert len(calls) > 3
+    objective = _objective(tiny_teacher_dir, TINYBERT)
+    teacher, moves = objective.teacher, []
+    teacher.to = lambda device: (moves.append(torch.device(device)), teacher)[1]
+    away = SimpleNamespace(device=torch.device("meta"), dtype=None, autocast=contextlib.nullcontext,
+                           inputs=lambda batch: batch)
+    monkeypatch.setattr(feature_cache, "placement", lambda mixed_precision: away)
+    feature_cache.prepare(_ctx(tmp_path, tokenizer), objective, tiny_teacher_dir, _train_set(tokenizer))
+    assert objective.feature_cache is not None  # built, with the teacher "on" the meta device
+    assert moves == [torch.device("meta"), torch.device("cpu")] and not teacher.training

@@ -17,7 +17,8 @@ from distill.stages.context import RunContext
 from distill.data.task_data import TaskData
 from distill.passes.flops import config_encoder_flops
 from distill.report.summary import SUMMARY_FILE, report_section, summarize
-from distill.stages.teacher import TeacherGateError, check_teacher, finetune_teacher
+from distill.runner.plan import build
+from distill.stages.teacher import TeacherGateError, check_teacher
 from teachers.load import load_config as load_model_config
 
 STAGES = ("student-general", "student-intermediate", "student-task", "student-pruned", "export")
@@ -215,7 +216,7 @@ def test_gate_stops_a_teacher_that_learned_nothing_before_distillation(tmp_path,
     capsys.readouterr()
     # gate=warn goes on with the same, reused teacher (the gate keys are not part of its fingerprint)
     warn = _cfg(tmp_path, tiny_teacher_dir, noise_folder, "teacher.gate=warn")
-    assert finetune_teacher(RunContext(warn)) == cfg.run_dir / "teacher" / "model"
+    assert build(RunContext(warn), "teacher") == cfg.run_dir / "teacher" / "model"
     out = capsys.readouterr().out
     assert "[teacher] WARNING teacher gate:" in out and "going on anyway (teacher.gate=warn)" in out
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distill.config import ConfigError, load_config
-from distill.stages.distillation import MLMCollator
+from distill.data.masking import MLMCollator
 from distill.data.masking import WordMasking
 
 # the MiniLM WordPiece vocabulary splits "unaffable" into una ##ffa ##ble and keeps the other words whole

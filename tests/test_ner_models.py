@@ -10,7 +10,8 @@ from transformers import AutoModelForTokenClassification, BertForTokenClassifica
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.passes import onnx as onnx_export
 from distill.engine.batching import make_loader
-from distill.stages.compress import _batches_and_labels, export_model
+from distill.passes.export import export_model
+from distill.stages.export import _batches_and_labels
 from distill.engine.layer_map import build_layer_map
 from distill.engine.objectives import DistillObjective, with_teacher_logits
 from distill.passes.prune import prune_model

@@ -71,8 +71,10 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from distill.stages import distillation
     from distill.config import load_config
+    from distill.runner.plan import build, stage_run
+    from distill.stages import general, task
+    from distill.stages.common import PROJECTIONS
     from distill.stages.context import RunContext
 
     corpus = tmp_path / "corpus.txt"
@@ -88,20 +90,21 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
                       f"{section}.lr=1e-2", f"{section}.warmup_ratio=0.0"]
     ctx = RunContext(load_config(None, overrides))
     started = {}
-    real_train = distillation.train
+    real_train = general.train
 
     def recording_train(objective, *args, **kwargs):
         started[kwargs["desc"]] = {k: v.detach().clone() for k, v in objective.projections.state_dict().items()}
         return real_train(objective, *args, **kwargs)
 
-    monkeypatch.setattr(distillation, "train", recording_train)
-    distillation.run_intermediate(ctx)  # runs the general stage first
-    general = load_file(str(distillation.general_stage(ctx).dir / distillation.PROJECTIONS))
+    monkeypatch.setattr(general, "train", recording_train)
+    monkeypatch.setattr(task, "train", recording_train)
+    build(ctx, "2a")  # runs the general stage first
+    general = load_file(str(stage_run(ctx, "general").dir / PROJECTIONS))
     assert set(general) == {"embedding.weight", "embedding.bias", "hidden.weight", "hidden.bias"}
     for key, trained in general.items():
         assert not torch.equal(trained, started["general"][key])  # general trained them
         torch.testing.assert_close(started["2a intermediate"][key], trained, rtol=0, atol=0)  # 2a starts there
-    after_2a = load_file(str(distillation.intermediate_stage(ctx).dir / distillation.PROJECTIONS))
+    after_2a = load_file(str(stage_run(ctx, "2a").dir / PROJECTIONS))
     assert not torch.equal(after_2a["hidden.weight"], general["hidden.weight"])
     for stage in ("student-general", "student-intermediate"):
         with safe_open(str(ctx.run_dir / stage / "model" / "model.safetensors"), "pt") as f:
@@ -126,7 +129,7 @@ def test_projections_load_only_where_shapes_fit(tmp_path, tiny_teacher_dir):
 def test_mlm_masks_do_not_depend_on_or_advance_the_global_rng(tokenizer):
     """The loader collates ahead of the step, so masks drawn from the global RNG would differ between a
     resumed run and an uninterrupted one (the trainer restores the RNG after the first fetch)."""
-    from distill.stages.distillation import MLMCollator
+    from distill.data.masking import MLMCollator
 
     texts = ["the quick brown fox jumps over the lazy dog " * 3, "a completely different sentence about films " * 3]
     features = [{k: v for k, v in tokenizer(t).items()} for t in texts]

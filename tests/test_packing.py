@@ -149,8 +149,8 @@ def test_block_mask_check_refuses_an_attention_that_ignores_the_mask():
 @pytest.mark.parametrize("packing,masking", [("intra_doc", "mac"), ("per_doc", "whole_word")])
 def test_general_stage_trains_with_packing_and_masking(tmp_path, tiny_mlm_teacher_dir, task_folder, monkeypatch,
                                                        packing, masking):
-    from distill.stages import distillation
     from distill.config import load_config
+    from distill.runner.plan import build, stage_run
     from distill.stages.context import RunContext
 
     corpus = tmp_path / "corpus.txt"
@@ -171,19 +171,19 @@ def test_general_stage_trains_with_packing_and_masking(tmp_path, tiny_mlm_teache
         return real_call(self, batch)
 
     monkeypatch.setattr(DistillObjective, "__call__", recording)
-    folder = distillation.run_general(ctx)
+    folder = build(ctx, "general")
     assert (folder / "model.safetensors").is_file()
-    result = distillation.general_stage(ctx).result()
+    result = stage_run(ctx, "general").result()
     assert result["steps"] == 2 and all(v == v for v in result["final"].values())
     b, s = seen[0]["input_ids"]
     assert seen[0]["attention_mask"] == ((b, s, s) if packing == "intra_doc" else (b, s))
     assert ("position_ids" in seen[0]) == (packing == "intra_doc") and "mlm_labels" in seen[0]
-    assert "packing" in distillation.general_stage(ctx).settings["general"]
+    assert "packing" in stage_run(ctx, "general").settings["general"]
 
 
 def test_general_fingerprint_keeps_runs_made_before_packing_existed():
     from distill.config import load_config
-    from distill.stages.distillation import _general_settings
+    from distill.stages.general import general_settings as _general_settings
 
     default = _general_settings(load_config(None, []).general)
     assert not {"packing", "masking", "mac_neighbours", "min_doc_tokens"} & set(default)

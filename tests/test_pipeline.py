@@ -71,7 +71,9 @@ def test_whole_pipeline_on_tiny_models_and_reuse(tmp_path, tiny_teacher_dir, tas
     pipeline.run_distill(cfg)  # second run: everything reused
     out = capsys.readouterr().out
     assert ": dev " not in out and "[bench]" in out  # nothing trained again; the report is rebuilt
-    assert set(json.loads((run / "timings.json").read_text())) == {"total", "bench"}  # reused stages cost nothing
+    again = json.loads((run / "timings.json").read_text())  # the whole pipeline's stage times are kept
+    assert {k: again[k] for k in stages} == {k: timings[k] for k in stages}
+    assert set(again["reused"]) == set(stages) and again["this_command"] >= again["bench"]
     assert "no teacher stage ran in this command" in out
     assert (run / "student-task" / "model" / "model.safetensors").stat().st_mtime == stamp
     assert (run / "report.md").is_file() and (run / "report.html").is_file()
@@ -160,3 +162,39 @@ def test_a_failing_bench_row_never_loses_the_report(tmp_path, tiny_teacher_dir, 
     report = (cfg.run_dir / "report.md").read_text()
     assert "| student-task | onnxruntime-fp32 | failed: RuntimeError: onnxruntime session could not start |" in report
     assert json.loads((cfg.run_dir / "left_out.json").read_text())[0]["status"] == "failed"
+
+
+def test_plan_prints_the_graph_and_read_only_commands_never_train(tmp_path, tiny_teacher_dir, task_folder, capsys):
+    from distill import cli
+    from distill.runner.plan import PlanError
+
+    cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder)
+    assert pipeline.run_plan(cfg) == 0
+    out = capsys.readouterr().out
+    for name in ("teacher", "general", "2a", "2b", "prune", "export", "bench"):
+        assert f"\n  {name} " in out, name
+    assert out.count("to run") == 7
+    for command in (pipeline.run_bench, pipeline.run_export):
+        with pytest.raises(PlanError, match="only reads trained models, and this run lacks teacher, general, 2a, 2b"):
+            command(cfg)
+    assert not (cfg.run_dir / "teacher").exists() and not (cfg.run_dir / "export").exists()
+    with pytest.raises(SystemExit) as exit_:  # the CLI: the plan, then one line naming the command to run
+        cli.main(["bench", f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}",
+                  f"task.name={task_folder}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: `bench` only reads trained models") and "make distill" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", f"output_dir={tmp_path / 'runs'}"])
+    assert exit_.value.code == 2 and "bench.json" in capsys.readouterr().err
+
+
+def test_the_cli_keeps_the_traceback_of_errors_that_are_not_the_users(monkeypatch, capsys):
+    from distill import cli
+
+    def broken(cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(pipeline, "run_plan", broken)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        cli.main(["plan"])

@@ -86,7 +86,7 @@ def test_teacher_forward_runs_under_the_training_autocast(tmp_path, tiny_teacher
 
 
 def test_teacher_logit_caching_runs_on_the_placement(tiny_teacher_dir, tokenizer, task_folder):
-    from distill.stages.distillation import cache_teacher_logits
+    from distill.stages.common import cache_teacher_logits
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     recorder = Recorder(teacher)
@@ -95,6 +95,26 @@ def test_teacher_logit_caching_runs_on_the_placement(tiny_teacher_dir, tokenizer
     cached = cache_teacher_logits(ctx, objective, teacher, _train_set(tokenizer, task_folder), "bf16")
     recorder.assert_placed(placement("bf16"))
     assert np.isfinite(np.asarray(cached["teacher_logits"])).all()
+
+
+def test_teacher_logit_caching_gives_the_teacher_back_where_it_was(tiny_teacher_dir, tokenizer, task_folder):
+    """with_teacher_logits borrows the caller's model: it used to leave it on the placement's device (CUDA on a
+    GPU machine, where the caller's CPU tensors then failed) and in eval mode. No second device here: the
+    model's .to is recorded (and not carried out) under a placement on the meta device, and the inputs
+    follow the parameters, which stay on the CPU."""
+    from distill.engine.objectives import with_teacher_logits
+    from distill.engine.placement import Placement
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir).train()
+    model.bert.embeddings.dropout.eval()  # a module the caller keeps in eval: its own mode comes back too
+    moves = []
+    model.to = lambda device: (moves.append(torch.device(device)), model)[1]
+    loader = lambda d: make_loader(d, tokenizer, 8, shuffle=False)  # noqa: E731
+    away = Placement(torch.device("meta"), None)
+    cached = with_teacher_logits(model, _train_set(tokenizer, task_folder), loader, away)
+    assert np.isfinite(np.asarray(cached["teacher_logits"])).all()
+    assert moves == [torch.device("meta"), torch.device("cpu")]  # there and back
+    assert model.training and model.bert.encoder.training and not model.bert.embeddings.dropout.training
 
 
 def test_mlm_augmentation_runs_on_the_placement(monkeypatch, tiny_mlm_teacher_dir, tokenizer):

@@ -121,7 +121,8 @@ def test_already_finetuned_teacher_by_hub_name(base, tmp_path, tokenizer, monkey
     teacher stage hands on a folder holding the model's files."""
     from huggingface_hub import constants
 
-    from distill.stages.teacher import finetune_teacher, load_finetuned
+    from distill.runner.plan import build
+    from distill.stages.common import load_finetuned
 
     cache = tmp_path / "hub"
     repo = cache / "models--acme--tiny-sst"
@@ -136,7 +137,7 @@ def test_already_finetuned_teacher_by_hub_name(base, tmp_path, tokenizer, monkey
     cfg = load_config(None, overrides)
     ctx = RunContext(cfg)
     preflight(cfg, ctx)
-    folder = finetune_teacher(ctx)
+    folder = build(ctx, "teacher")
     assert folder == snapshot and (folder / "config.json").is_file()
     assert load_finetuned(folder).config.id2label == {0: "neg", 1: "pos"}
     task_folder = Path(cfg.task.name)  # the same task with other label names: refused, both lists shown
@@ -153,11 +154,11 @@ def test_already_finetuned_teacher_by_hub_name(base, tmp_path, tokenizer, monkey
 
 
 def _stages(overrides):
-    from distill.stages.distillation import general_stage, intermediate_stage
-    from distill.stages.teacher import teacher_stage
+    from distill.runner.plan import stage_run
 
     ctx = RunContext(load_config(None, overrides))
-    return {"teacher": teacher_stage(ctx), "general": general_stage(ctx), "intermediate": intermediate_stage(ctx)}
+    return {"teacher": stage_run(ctx, "teacher"), "general": stage_run(ctx, "general"),
+            "intermediate": stage_run(ctx, "2a")}
 
 
 def _fingerprints(overrides):

@@ -11,7 +11,8 @@ from transformers import AutoModelForQuestionAnswering, BertForQuestionAnswering
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.passes import onnx as onnx_export
 from distill.engine.batching import make_loader
-from distill.stages.compress import _batches_and_labels, export_model
+from distill.passes.export import export_model
+from distill.stages.export import _batches_and_labels
 from distill.data.task_data import TaskData
 from distill.engine.evaluation import evaluate, score_batches
 from distill.engine.layer_map import build_layer_map

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, BertModel
 from distill.runner import pipeline
 from distill.config import load_config
 from distill.stages.context import RunContext
-from distill.stages.distillation import check_task_losses, losses_for_task, student_shape
+from distill.stages.common import check_task_losses, losses_for_task, student_shape
 from distill.engine.evaluation import evaluate
 from distill.engine.layer_map import LayerMapError, build_layer_map
 from distill.engine.objectives import DistillObjective

@@ -40,7 +40,7 @@ def test_no_notes_without_the_rows_they_are_read_from():
 def test_teacher_formats_are_checked_and_skipped_when_the_teacher_ships():
     import pytest
 
-    from distill.stages.compress import teacher_baseline_formats
+    from distill.stages.common import teacher_baseline_formats
     from distill.config import ConfigError, ExportConfig
 
     with pytest.raises(ConfigError, match="export.teacher_formats"):

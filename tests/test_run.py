@@ -187,3 +187,18 @@ def test_the_distill_summary_gives_each_stage_and_the_ratio_to_the_teacher():
     line = describe_times({"teacher": 120.0, "student-task": 90.0, "bench": 30.0}, 300.0)
     assert line == "[distill] wall time 5.0 min: teacher 2.0, 2b 1.5, bench 0.5, other 1.0 (minutes); 2.5x the teacher stage"
     assert "no teacher stage ran in this command" in describe_times({"student-task": 90.0}, 100.0)
+
+
+def test_an_unfinished_stage_rerun_with_other_settings_is_set_aside_never_deleted(tmp_path, capsys):
+    stage = StageRun(tmp_path, "stage", {"lr": 2e-5})
+    stage.start()
+    replace_folder(stage.dir / "checkpoint", _write("step 3"))  # killed at step 3
+    changed = StageRun(tmp_path, "stage", {"lr": 1e-5})
+    assert changed.status() == ("changed", "lr: 2e-05 -> 1e-05")
+    assert not changed.is_done()
+    assert (tmp_path / "stage.aside-1" / "checkpoint" / "a.txt").read_text() == "step 3"
+    assert not (tmp_path / "stage").exists()
+    assert "lr: 2e-05 -> 1e-05" in capsys.readouterr().out
+    changed.start()
+    again = StageRun(tmp_path, "stage", {"lr": 3e-5})
+    assert not again.is_done() and (tmp_path / "stage.aside-2").is_dir()  # a second one does not overwrite the first

@@ -50,7 +50,7 @@ def _general(tmp_path, run_id, corpus, teacher_dir, task_folder, extra=()):
 
 
 def test_killed_streaming_run_resumes_at_its_stream_position(tmp_path, tiny_teacher_dir, task_folder, monkeypatch):
-    from distill.stages import distillation
+    from distill.runner.plan import build
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -69,14 +69,14 @@ def test_killed_streaming_run_resumes_at_its_stream_position(tmp_path, tiny_teac
         return call
 
     monkeypatch.setattr(DistillObjective, "__call__", recording("whole"))
-    whole = load_file(str(distillation.run_general(_general(tmp_path, "whole", corpus, tiny_teacher_dir, task_folder))
+    whole = load_file(str(build(_general(tmp_path, "whole", corpus, tiny_teacher_dir, task_folder), "general")
                           / "model.safetensors"))
     monkeypatch.setattr(DistillObjective, "__call__", recording("killed", crash_at=4))
     ctx = _general(tmp_path, "killed", corpus, tiny_teacher_dir, task_folder)
     with pytest.raises(Crash):
-        distillation.run_general(ctx)
+        build(ctx, "general")
     monkeypatch.setattr(DistillObjective, "__call__", recording("resumed"))
-    resumed = load_file(str(distillation.run_general(ctx) / "model.safetensors"))
+    resumed = load_file(str(build(ctx, "general") / "model.safetensors"))
     assert len(seen["whole"]) == 5 and len(seen["resumed"]) == 3  # steps 3, 4, 5 after the step-2 checkpoint
     for a, b in zip(seen["whole"][2:], seen["resumed"]):
         assert torch.equal(a, b)  # the same batches, at the same point of the stream

@@ -1,207 +1,160 @@
-"""Stages in order; each command of the CLI runs one of these. Cheap checks that need only model
-configs (not weights) run first, so a doomed run stops before any expensive work."""
+"""The CLI's commands: each resolves its stages (distill/runner/graph.py), prints the plan, checks what
+it can before any weight loads (preflight, data summary), then runs the plan."""
 from __future__ import annotations
 
-from distill.config import ConfigError, ExperimentConfig
+import json
+import time
+
+from distill.base.fsutil import write_text_atomic
+from distill.base.ranks import is_main_process
+from distill.config import ExperimentConfig
+from distill.passes.export import refused_formats
+from distill.runner.graph import COMMANDS, STAGES
+from distill.runner.plan import PlanError, Step, check_plan, execute, make_plan, print_plan
+from distill.runner.preflight import preflight
 from distill.stages.context import RunContext
-
-
-def _refuse(key: str, message: str) -> None:
-    raise ConfigError(f"config key '{key}': {message}")
-
-
-def preflight(cfg: ExperimentConfig, ctx: RunContext) -> None:
-    """Fail fast on settings that only the models' configs (and the task data) can refute."""
-    from distill.stages.distillation import MLM_LOSSES, check_task_losses, student_shape
-    from teachers.load import has_mlm_head, load_config
-
-    teacher_cfg = load_config(cfg.teacher.name)  # also proves the teacher can be found
-    shape = student_shape(ctx)
-    if cfg.student.init == "teacher":
-        if shape.hidden != teacher_cfg.hidden_size or shape.heads != teacher_cfg.num_attention_heads:
-            raise ValueError(f"student.init=teacher copies teacher layers, so the student needs the teacher's width "
-                             f"{teacher_cfg.hidden_size} and {teacher_cfg.num_attention_heads} heads (got "
-                             f"{shape.hidden} and {shape.heads}); set student.hidden/heads or use init=random")
-        if shape.ffn > teacher_cfg.intermediate_size or shape.layers > teacher_cfg.num_hidden_layers:
-            raise ValueError(f"student.init=teacher: student FFN {shape.ffn} / layers {shape.layers} exceed the "
-                             f"teacher's {teacher_cfg.intermediate_size} / {teacher_cfg.num_hidden_layers}")
-    student_layers, student_heads = shape.layers, shape.heads
-    if cfg.student.init not in ("random", "teacher"):  # a student folder brings its own shape
-        init_cfg = load_config(cfg.student.init)
-        student_layers, student_heads = init_cfg.num_hidden_layers, init_cfg.num_attention_heads
-        if init_cfg.vocab_size != teacher_cfg.vocab_size:
-            _refuse("student.init", f"{cfg.student.init} has a vocabulary of {init_cfg.vocab_size} tokens but the "
-                    f"teacher {cfg.teacher.name!r} has {teacher_cfg.vocab_size}; a student shares its teacher's "
-                    "vocabulary: initialise from a student of this teacher, or use init=random")
-    _check_vocabulary(cfg, ctx, teacher_cfg)
-    _check_lengths(cfg, teacher_cfg, student_layers)
-    score_losses = [f"{section}.attention_scores_mse" for section, losses in (
-        ("general.losses", cfg.general.losses if cfg.general.enabled else {}),
-        ("task_distill.intermediate_losses", cfg.task_distill.intermediate_losses)) if "attention_scores_mse" in losses]
-    if score_losses and student_heads != teacher_cfg.num_attention_heads:
-        raise ValueError(f"{score_losses[0]} compares attention maps head by head, but the student has {student_heads} "
-                         f"heads and the teacher {teacher_cfg.num_attention_heads}; use attention_kl instead")
-    mlm_terms = [n for n in cfg.general.losses if n in MLM_LOSSES] if cfg.general.enabled else []
-    if mlm_terms and cfg.general.teacher == "task":
-        _refuse("general.teacher", f"'task' is the fine-tuned classifier, which has no MLM head for general.losses "
-                f"{mlm_terms}; set general.teacher='' (the pretrained teacher) or drop those losses")
-    if mlm_terms:
-        name = cfg.general.teacher or cfg.teacher.name
-        if not has_mlm_head(name):
-            raise ValueError(f"general.losses uses MLM terms but {name!r} has no MLM head; remove them or set "
-                             "general.teacher to a masked-LM checkpoint")
-    aug = cfg.task_distill.augment
-    if aug.enabled and aug.method == "mlm":
-        from distill.data.augment import mlm_source
-
-        mlm_source(ctx)
-    _check_general_corpus(cfg, ctx)
-    data = ctx.data  # task data errors surface now
-    check_task_losses(cfg, data.is_regression)
-    data.kind.check_config(cfg)  # then what the task kind cannot do
-    if cfg.teacher.already_finetuned:
-        from teachers.load import finetuned_architectures
-
-        data.kind.check_model_folder(finetuned_architectures(cfg.teacher.name), f"teacher.name={cfg.teacher.name}")
-        _check_finetuned_labels(cfg, data.label_names)
-
-
-def _check_general_corpus(cfg: ExperimentConfig, ctx: RunContext) -> None:
-    """A general corpus that is missing, empty, too short, not UTF-8 or without its text column stops the
-    run now, not after the teacher has been fine-tuned (reads up to its first sequence)."""
-    from pathlib import Path
-
-    from distill.data.corpus import first_sequence
-    from distill.stages.distillation import general_stage
-
-    g = cfg.general
-    if g.enabled and not general_stage(ctx).is_done():
-        first_sequence(g, ctx.tokenizer, Path(cfg.output_dir) / ".cache")
-
-
-def _check_vocabulary(cfg: ExperimentConfig, ctx: RunContext, teacher_cfg) -> None:
-    """Token ids come from the teacher's tokenizer; every model they reach must have rows for them."""
-    from teachers.load import load_config
-
-    tokens = len(ctx.tokenizer)
-    if tokens > teacher_cfg.vocab_size:
-        _refuse("teacher.name", f"the tokenizer of {cfg.teacher.name!r} has {tokens} tokens but the model's "
-                f"vocab_size is {teacher_cfg.vocab_size}; the folder mixes a tokenizer and a model that do not belong "
-                "together: save both from the same checkpoint")
-    if cfg.general.enabled and cfg.general.teacher not in ("", "task"):
-        other = load_config(cfg.general.teacher)
-        if other.vocab_size != teacher_cfg.vocab_size:
-            _refuse("general.teacher", f"{cfg.general.teacher!r} has a vocabulary of {other.vocab_size} tokens, the "
-                    f"teacher {cfg.teacher.name!r} {teacher_cfg.vocab_size}; the corpus is tokenized with the "
-                    "teacher's tokenizer, so use a general teacher with the same vocabulary")
-
-
-def _check_lengths(cfg: ExperimentConfig, teacher_cfg, student_layers: int) -> None:
-    """Sequence lengths within the teacher's positions; per-layer lists as long as the student is deep."""
-    from distill.engine.layer_map import LayerMapError, teacher_layers
-    from teachers.load import load_config
-
-    positions = teacher_cfg.max_position_embeddings
-    if cfg.task.max_len > positions:
-        _refuse("task.max_len", f"{cfg.task.max_len} exceeds the teacher's {positions} position embeddings; "
-                f"set task.max_len <= {positions}")
-    sections = [("task_distill", cfg.task_distill.layer_map, cfg.task_distill.layer_map_list,
-                 teacher_cfg.num_hidden_layers)]
-    if cfg.general.enabled:
-        general_cfg = teacher_cfg if cfg.general.teacher in ("", "task") else load_config(cfg.general.teacher)
-        if cfg.general.max_len > general_cfg.max_position_embeddings:
-            _refuse("general.max_len", f"{cfg.general.max_len} exceeds the general teacher's "
-                    f"{general_cfg.max_position_embeddings} position embeddings; set general.max_len <= "
-                    f"{general_cfg.max_position_embeddings}")
-        sections.append(("general", cfg.general.layer_map, cfg.general.layer_map_list, general_cfg.num_hidden_layers))
-    for prefix, strategy, explicit, layers in sections:
-        try:
-            teacher_layers(strategy, student_layers, layers, explicit)
-        except LayerMapError as err:
-            _refuse(f"{prefix}.layer_map_list" if strategy == "explicit" else f"{prefix}.layer_map", str(err))
-    ratios = cfg.prune.layer_ratios
-    if cfg.prune.enabled and ratios and len(ratios) != student_layers:
-        _refuse("prune.layer_ratios", f"has {len(ratios)} entries but the student has {student_layers} layers; "
-                "give one ratio per layer, or [] to use prune.ratio everywhere")
-
-
-def _check_finetuned_labels(cfg: ExperimentConfig, data_labels: list[str] | None) -> None:
-    """A teacher fine-tuned elsewhere must predict the task's labels, with the same ids."""
-    from teachers.load import finetuned_labels
-
-    labels = finetuned_labels(cfg.teacher.name)
-    if (labels is None) != (data_labels is None):
-        kinds = {True: "regression", False: "classification"}
-        _refuse("teacher.already_finetuned", f"{cfg.teacher.name!r} is a {kinds[labels is None]} model but task "
-                f"{cfg.task.name!r} is {kinds[data_labels is None]}; use a matching teacher or fine-tune here "
-                "(teacher.already_finetuned=false)")
-    if labels is None or labels == data_labels:
-        return
-    if labels == [f"LABEL_{i}" for i in range(len(labels))] and len(labels) == len(data_labels):
-        print(f"[teacher] {cfg.teacher.name} names its labels {labels}; taking them to mean {data_labels} in "
-              "that order")
-        return
-    _refuse("teacher.already_finetuned", f"{cfg.teacher.name!r} predicts labels {labels} but task "
-            f"{cfg.task.name!r} has labels {data_labels}; the ids must mean the same: rename the data's labels "
-            "to the teacher's, or fine-tune here with teacher.already_finetuned=false")
-
-
-def _context(cfg: ExperimentConfig) -> RunContext:
-    from distill.report.summary import print_summary, run_summary
-
-    ctx = RunContext(cfg)
-    preflight(cfg, ctx)
-    print_summary(run_summary(ctx))  # know the data before anything trains
-    return ctx
-
-
-def run_inspect(cfg: ExperimentConfig) -> None:
-    """The data summary alone: tokenizer and configs only, no weights, no preflight of the stages."""
-    from distill.report.summary import SUMMARY_FILE, print_summary, run_summary
-
-    ctx = RunContext(cfg)
-    print_summary(run_summary(ctx))
-    print(f"[data] kept in {ctx.run_dir / SUMMARY_FILE}")
-
-
-def run_teacher(cfg: ExperimentConfig) -> None:
-    from distill.stages.teacher import finetune_teacher
-
-    finetune_teacher(_context(cfg))
-
-
-def run_general(cfg: ExperimentConfig) -> None:
-    from distill.stages.distillation import run_general as general
-
-    print(f"[general] student -> {general(_context(cfg))}")
-
-
-def run_task(cfg: ExperimentConfig) -> None:
-    from distill.stages.distillation import run_prediction
-
-    print(f"[task] student -> {run_prediction(_context(cfg))}")
-
-
-def run_baseline(cfg: ExperimentConfig) -> None:
-    from distill.stages.distillation import run_baseline as baseline
-
-    baseline(_context(cfg))
-
-
-def run_prune(cfg: ExperimentConfig) -> None:
-    from distill.stages.compress import run_prune as prune
-
-    print(f"[prune] pruned student -> {prune(_context(cfg))}")
-
+from distill.stages.records import STAGE_SECONDS
 
 REFUSED_EXIT = 3  # the run finished with its report, but some formats were refused by their checks
+STAGE_LABELS = {"teacher": "teacher", "student-general": "general", "student-intermediate": "2a",
+                "student-task": "2b", "student-pruned": "prune + recovery", "export": "export", "bench": "bench"}
+SWITCHES = {"general": "general.enabled", "prune": "prune.enabled", "export": "export.enabled"}
+
+
+def _hint(cfg: ExperimentConfig) -> str:
+    return f" EXP={cfg.source}" if getattr(cfg, "source", "") else ""
+
+
+def plan_for(cfg: ExperimentConfig, command: str) -> tuple[RunContext, list[Step]]:
+    """The context and the plan of ``command``, printed, with every check that needs no weights done."""
+    targets, may_train = COMMANDS[command]
+    for target in targets:
+        if len(targets) == 1 and not STAGES[target].enabled(cfg):
+            raise PlanError(f"`{command}` runs the {target} stage, but {SWITCHES[target]} is false in this "
+                            f"config; set {SWITCHES[target]}=true")
+    ctx = RunContext(cfg)
+    steps = make_plan(ctx, targets)
+    print_plan(ctx, steps, command)
+    check_plan(steps, command, may_train, _hint(cfg))
+    return ctx, steps
+
+
+def _prepare(cfg: ExperimentConfig, command: str) -> tuple[RunContext, list[Step]]:
+    from distill.report.summary import print_summary, run_summary
+
+    ctx, steps = plan_for(cfg, command)
+    general = next((s for s in steps if s.stage.name == "general"), None)
+    preflight(cfg, ctx, general_will_run=general is not None and general.will_run)
+    print_summary(run_summary(ctx))  # know the data before anything trains
+    return ctx, steps
+
+
+def run_plan(cfg: ExperimentConfig) -> int:
+    """Print what `distill` would do (reused / to run / why) and nothing else."""
+    plan_for(cfg, "distill")
+    return 0
+
+
+def run_inspect(cfg: ExperimentConfig) -> int:
+    """The data summary alone: tokenizer and configs only, no weights, no preflight of the stages."""
+    STAGES["inspect"].work(RunContext(cfg), None, {})
+    return 0
+
+
+def _run(cfg: ExperimentConfig, command: str) -> tuple[RunContext, dict]:
+    ctx, steps = _prepare(cfg, command)
+    return ctx, execute(ctx, steps)
+
+
+def run_teacher(cfg: ExperimentConfig) -> int:
+    _run(cfg, "teacher")
+    return 0
+
+
+def run_general(cfg: ExperimentConfig) -> int:
+    _, out = _run(cfg, "general")
+    print(f"[general] student -> {out['general'].model_dir}")
+    return 0
+
+
+def run_task(cfg: ExperimentConfig) -> int:
+    _, out = _run(cfg, "task")
+    print(f"[task] student -> {out['2b'].model_dir}")
+    return 0
+
+
+def run_baseline(cfg: ExperimentConfig) -> int:
+    _run(cfg, "baseline")
+    return 0
+
+
+def run_prune(cfg: ExperimentConfig) -> int:
+    _, out = _run(cfg, "prune")
+    print(f"[prune] pruned student -> {out['prune'].model_dir}")
+    return 0
+
+
+def run_export(cfg: ExperimentConfig) -> int:
+    ctx, out = _run(cfg, "export")
+    print(f"[export] artifacts -> {out['export'].model_dir}")
+    return refusal_status(ctx, "export")
+
+
+def run_bench(cfg: ExperimentConfig) -> int:
+    ctx, _ = _run(cfg, "bench")
+    return refusal_status(ctx, "bench")
+
+
+def run_report(cfg: ExperimentConfig) -> int:
+    """report.md / report.html again from the bench's measurements (bench.json), measuring nothing."""
+    import yaml
+
+    from distill.config import to_dict
+    from distill.report.report import write_report
+
+    run_dir = cfg.run_dir
+    bench = run_dir / "bench.json"
+    if not bench.is_file():
+        raise PlanError(f"`report` rebuilds the report from {bench}, which does not exist: run `make bench{_hint(cfg)}` "
+                        "(or `make distill`) first")
+    left = run_dir / "left_out.json"
+    md, page = write_report(run_dir, json.loads(bench.read_text()), yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                            [], json.loads(left.read_text()) if left.is_file() else [])
+    print(f"[report] {md} and {page}")
+    return 0
+
+
+def run_distill(cfg: ExperimentConfig) -> int:
+    """The whole pipeline in order; finished stages are reused."""
+    STAGE_SECONDS.clear()  # this command's stages only
+    began = time.perf_counter()
+    ctx, out = _run(cfg, "distill")
+    total = time.perf_counter() - began
+    print(f"[distill] student: {out['2b'].model_dir}")
+    if "prune" in out:
+        print(f"[distill] pruned student: {out['prune'].model_dir}")
+    if "export" in out:
+        print(f"[distill] ONNX artifacts: {out['export'].model_dir}")
+    ran = dict(STAGE_SECONDS)
+    if is_main_process():
+        print(describe_times(ran, total))
+        # the whole pipeline's stage times: this command's, and for reused stages the seconds they took when built
+        times = {name: ran.get(o.dir.name, o.result.get("seconds")) for name, o in out.items()
+                 if name != "bench" and o.dir != ctx.run_dir and o.dir.parent == ctx.run_dir}
+        times = {out[name].dir.name: v for name, v in times.items() if v is not None}
+        reused = sorted(k for k in times if k not in ran)
+        timings = {"total": round(sum(times.values()) + ran.get("bench", 0.0), 1),
+                   **{k: round(v, 1) for k, v in times.items()}, "bench": round(ran.get("bench", 0.0), 1)}
+        if reused:
+            timings["reused"] = reused  # their seconds are from the command that built them
+            timings["this_command"] = round(total, 1)
+        write_text_atomic(ctx.run_dir / "timings.json", json.dumps(timings))
+    return refusal_status(ctx, "distill")
 
 
 def refusal_status(ctx: RunContext, command: str) -> int:
     """The last line and exit status of a command that exported: 0, or REFUSED_EXIT naming what was left out."""
-    from distill.stages.compress import export_stage, refused_formats
-
-    refused = refused_formats(export_stage(ctx).dir) if ctx.cfg.export.enabled else {}
+    refused = refused_formats(ctx.run_dir / "export") if ctx.cfg.export.enabled else {}
     if not refused:
         return 0
     print(f"[{command}] finished, but {len(refused)} format(s) refused and left out: "
@@ -209,56 +162,9 @@ def refusal_status(ctx: RunContext, command: str) -> int:
     return REFUSED_EXIT
 
 
-def run_export(cfg: ExperimentConfig) -> int:
-    from distill.stages.compress import run_export as export
-
-    ctx = _context(cfg)
-    print(f"[export] artifacts -> {export(ctx)}")
-    return refusal_status(ctx, "export")
-
-
-def run_distill(cfg: ExperimentConfig) -> int:
-    """The whole pipeline in order; finished stages are reused."""
-    from distill.stages.compress import run_export as export
-    from distill.stages.compress import run_prune as prune
-    from distill.stages.distillation import run_prediction
-
-    import json
-    import time
-
-    from distill.stages.bench import run_bench
-    from distill.base.fsutil import write_text_atomic
-    from distill.base.ranks import is_main_process
-    from distill.stages.records import STAGE_SECONDS, attributed_seconds
-
-    STAGE_SECONDS.clear()  # this command's stages only
-    began = time.perf_counter()
-    ctx = _context(cfg)
-    folder = run_prediction(ctx)  # pulls in the teacher and general stages it needs
-    print(f"[distill] student: {folder}")
-    if cfg.prune.enabled:
-        print(f"[distill] pruned student: {prune(ctx)}")
-    if cfg.export.enabled:
-        print(f"[distill] ONNX artifacts: {export(ctx)}")
-    bench_began, staged = time.perf_counter(), attributed_seconds()
-    run_bench(ctx)
-    bench = time.perf_counter() - bench_began - (attributed_seconds() - staged)  # not stages it ran
-    times = {**STAGE_SECONDS, "bench": bench}
-    total = time.perf_counter() - began
-    if is_main_process():
-        print(describe_times(times, total))
-        write_text_atomic(ctx.run_dir / "timings.json",
-                          json.dumps({"total": round(total, 1), **{k: round(v, 1) for k, v in times.items()}}))
-    return refusal_status(ctx, "distill")
-
-
-STAGE_LABELS = {"teacher": "teacher", "student-general": "general", "student-intermediate": "2a",
-                "student-task": "2b", "student-pruned": "prune + recovery", "export": "export", "bench": "bench"}
-
-
 def describe_times(times: dict[str, float], total: float) -> str:
     """One line: this command's wall time, per stage that ran (reused ones cost nothing), and the ratio to
-    the teacher stage when it ran here (issue 10's yardstick)."""
+    the teacher stage when it ran here."""
     parts = [f"{STAGE_LABELS.get(name, name)} {seconds / 60:.1f}" for name, seconds in times.items()]
     other = total - sum(times.values())
     line = f"[distill] wall time {total / 60:.1f} min: " + ", ".join(parts + [f"other {other / 60:.1f}"])
@@ -267,11 +173,3 @@ def describe_times(times: dict[str, float], total: float) -> str:
     else:
         line += " (minutes); no teacher stage ran in this command"
     return line
-
-
-def run_bench(cfg: ExperimentConfig) -> int:
-    from distill.stages.bench import run_bench as bench
-
-    ctx = _context(cfg)
-    bench(ctx)
-    return refusal_status(ctx, "bench")

@@ -17,6 +17,9 @@ import students  # noqa: F401  (PrunedBert folders)
 from distill.passes import onnx as onnx_export
 from distill.engine.evaluation import score_batches
 from distill.passes.flops import encoder_flops
+from distill.passes.export import refused_formats
+from distill.stages.common import teacher_baseline_formats
+from distill.stages.spec import Output, Stage
 from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 
@@ -131,28 +134,26 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
 
 
 
-def run_bench(ctx, threads: int = 0) -> list[dict]:
-    """Teacher, students and every exported artifact of the run, on the test split, side by side."""
+def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
+    """Teacher, students and every exported artifact of the run, on the test split, side by side; writes
+    report.md, report.html, bench.json (and left_out.json: refused or failed rows)."""
     import yaml
 
-    from distill.engine.batching import to_model_inputs
-    from distill.stages.compress import refused_formats, run_export, run_prune, teacher_baseline_formats
     from distill.config import to_dict
-    from distill.stages.distillation import run_prediction
+    from distill.engine.batching import to_model_inputs
     from distill.report.report import write_report
-    from distill.stages.teacher import finetune_teacher
 
     cfg = ctx.cfg
     threads = threads or cfg.bench.threads or torch.get_num_threads()
-    sources = {"teacher": finetune_teacher(ctx), "student-task": run_prediction(ctx)}
+    sources = {"teacher": inputs["teacher"].model_dir, "student-task": inputs["2b"].model_dir}
     if cfg.prune.enabled:
-        sources["student-pruned"] = run_prune(ctx)
+        sources["student-pruned"] = inputs["prune"].model_dir
     # (name, path, export variant or None for PyTorch, source folder)
     artifacts: list[tuple[str, Path, str | None, Path]] = [(name, folder, None, folder)
                                                            for name, folder in sources.items()]
     left_out: list[dict] = []  # rows the table shows without figures: refused by export, or failed here
     if cfg.export.enabled:
-        export_dir = run_export(ctx)
+        export_dir = inputs["export"].model_dir
         refused = refused_formats(export_dir)
         exported = [(name, variant) for name in cfg.export.models for variant in cfg.export.formats]
         exported += [("teacher", variant) for variant in teacher_baseline_formats(cfg.export)]
@@ -202,4 +203,12 @@ def run_bench(ctx, threads: int = 0) -> list[dict]:
         folders.update({p.parent.name: p.parent for _, p, variant, _ in artifacts if variant is not None})
     tracker.log_artifacts(folders)
     tracker.finish()
-    return rows + left_out
+    return {"rows": len(rows), "left_out": left_out}
+
+
+def _reads(cfg) -> tuple[str, ...]:
+    return ("teacher", "2b") + (("prune",) if cfg.prune.enabled else ()) + (("export",) if cfg.export.enabled else ())
+
+
+STAGE = Stage("bench", "", "teacher and every artifact side by side: test metric, latency, size; writes the report",
+              lambda ctx, upstream: dict(upstream), work, reads=_reads, trains=False)

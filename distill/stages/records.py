@@ -1,8 +1,8 @@
 """A run folder and its stages: runs/<experiment>/<run-id>/<stage>/.
 
 A stage records the settings it was built from. Finished with the same settings: reused. Finished with
-different settings: refused (a finished artifact is never overwritten). Unfinished: resumed, or
-restarted when its settings changed. A stage's training checkpoint lives until the stage is recorded
+different settings: refused (a finished artifact is never overwritten). Unfinished: resumed, or, when
+its settings changed, the attempt is set aside (renamed, never deleted) and the stage starts again. A stage's training checkpoint lives until the stage is recorded
 done, so a kill at any point never trains a stage twice. Under several processes every rank reads the
 records and only the main one writes them.
 """
@@ -72,7 +72,8 @@ class StageRun:
         self.dir = Path(run_dir) / name
         self.settings = json.loads(json.dumps({k: stage_value(v) for k, v in settings.items()}, default=str))
         self.fingerprint = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
-        self._clock: tuple[float, float] | None = None  # (when its work began, seconds attributed by then)
+        self._clock: tuple[float, float] | None = None
+        self.started = False  # start() ran in this process (a stage may start itself after its own checks)  # (when its work began, seconds attributed by then)
 
     @property
     def model_dir(self) -> Path:
@@ -86,36 +87,65 @@ class StageRun:
     def _done_file(self) -> Path:
         return self.dir / "DONE"
 
+    def status(self) -> tuple[str, str]:
+        """(state, why) from the records alone, with no side effect: ``done`` (finished with these settings),
+        ``new`` (never started), ``resume`` (unfinished, same settings), ``changed`` (unfinished, other
+        settings: the attempt is set aside when the stage runs) or ``conflict`` (finished with other settings)."""
+        recorded = json.loads(self._stage_file.read_text()) if self._stage_file.is_file() else None
+        if recorded is None:
+            return "new", "no earlier attempt"
+        same = recorded.get("fingerprint") == self.fingerprint
+        changes = "; ".join(_diff(recorded.get("settings", {}), self.settings)[:4])
+        if self._done_file.is_file():
+            return ("done", "finished with these settings") if same else ("conflict", changes)
+        return ("resume", "unfinished attempt with these settings") if same else ("changed", changes)
+
     def is_done(self) -> bool:
-        """True when finished with these settings; raises when finished with other settings."""
+        """True when finished with these settings; raises when finished with other settings. An unfinished
+        attempt with other settings is set aside (renamed, never deleted) and the stage starts again."""
         if self._clock is None:  # the stage's wall time counts from its first look (its preparation included)
             self._clock = (time.perf_counter(), _attributed[0])
-        recorded = json.loads(self._stage_file.read_text()) if self._stage_file.is_file() else None
-        done = self._done_file.is_file()
+        state, why = self.status()
         wait_for_everyone()  # every rank has read the records before the main one changes them
-        if recorded is None:
-            return False
-        same = recorded.get("fingerprint") == self.fingerprint
-        if done:
-            if same:
-                if is_main_process():  # a kill after DONE was written may have left these behind
-                    remove_folder(self.dir / CHECKPOINT)
-                    recover_folder(self.model_dir)
-                wait_for_everyone()
-                return True
-            changes = _diff(recorded.get("settings", {}), self.settings)
-            raise StageConflictError(
-                f"stage '{self.name}' in {self.dir} already finished with other settings ({'; '.join(changes[:4])}); "
-                "pick a new run_id=... or delete that folder to rebuild it")
-        if not same:
-            if is_main_process():
-                print(f"[{self.name}] settings changed since the unfinished attempt; starting this stage again")
-                remove_folder(self.dir)
+        if state == "done":
+            if is_main_process():  # a kill after DONE was written may have left these behind
+                remove_folder(self.dir / CHECKPOINT)
+                recover_folder(self.model_dir)
             wait_for_everyone()
+            return True
+        if state == "conflict":
+            raise StageConflictError(
+                f"stage '{self.name}' in {self.dir} already finished with other settings ({why}); "
+                "pick a new run_id=... or delete that folder to rebuild it")
+        if state == "changed":
+            self.set_aside(why)
         return False
+
+    def set_aside(self, why: str) -> Path:
+        """Move an unfinished attempt made with other settings out of the way (``<stage>.aside-<n>``), so its
+        checkpoint is kept for the user to resume or delete; returns where it went."""
+        n = 1
+        while (self.dir.parent / f"{self.dir.name}.aside-{n}").exists():
+            n += 1
+        target = self.dir.parent / f"{self.dir.name}.aside-{n}"
+        if is_main_process():
+            self.dir.rename(target)
+            print(f"[{self.name}] settings changed since the unfinished attempt ({why}); that attempt and its "
+                  f"checkpoint are kept in {target}; this stage starts again (to resume it instead, restore the "
+                  "old settings and move the folder back)")
+        wait_for_everyone()
+        return target
+
+    def begin_clock(self) -> None:
+        """The stage's wall time counts from here (its preparation included)."""
+        if self._clock is None:
+            self._clock = (time.perf_counter(), _attributed[0])
 
     def start(self) -> None:
         """Record the settings; the stage's work begins (the first start also records the run's config)."""
+        if self._clock is None:
+            self._clock = (time.perf_counter(), _attributed[0])
+        self.started = True
         callback = _ON_FIRST_START.pop(self.dir.parent.resolve(), None)
         if callback is not None:
             callback()

@@ -17,14 +17,15 @@ from distill.stages.context import RunContext
 from distill.engine.evaluation import evaluate
 from distill.fingerprint import input_digests
 from distill.engine.objectives import FineTuneObjective
-from distill.stages.records import StageRun, announce_once
+from distill.stages.common import load_finetuned
+from distill.stages.records import announce_once
+from distill.stages.spec import Output, Stage
 from distill.engine.placement import placement
 from distill.report.summary import (max_len_cost, read_json_on_every_rank, run_summary, score_report, summary_baseline,
                             write_json_once)
-from distill.tasks import kind_of_folder
 from distill.engine.tracking import read_metrics
 from distill.engine.trainer import train
-from teachers.load import finetuned_labels, load_classifier, local_model_folder, use_eager_attention
+from teachers.load import finetuned_labels, load_classifier, local_model_folder
 
 GATE_KEYS = ("gate", "gate_margin")  # what to do with the result, not how it is built: not fingerprinted
 GIVEN_TEACHER_FILE = "teacher-given.json"  # dev score of an already fine-tuned teacher, evaluated once
@@ -38,38 +39,27 @@ class TeacherGateError(RuntimeError):
     """The fine-tuned teacher is no better than the trivial baseline on dev."""
 
 
-def teacher_stage(ctx: RunContext) -> StageRun:
+def settings(ctx: RunContext, upstream: dict[str, str]) -> dict:
     cfg = ctx.cfg
     teacher = {f.name: getattr(cfg.teacher, f.name) for f in fields(cfg.teacher) if f.name not in GATE_KEYS}
-    return StageRun(ctx.run_dir, "teacher", {"teacher": teacher, "task": cfg.task, "seed": cfg.seed,
-                                            "inputs": input_digests(cfg, "teacher.name", "task.name", "task.data_dir")})
+    return {"teacher": teacher, "task": cfg.task, "seed": cfg.seed,
+            "inputs": input_digests(cfg, "teacher.name", "task.name", "task.data_dir")}
 
 
-def load_finetuned(folder: Path):
-    """A fine-tuned folder with the head its architecture records (sequence/token classification, QA)."""
-    return use_eager_attention(kind_of_folder(folder).auto_class.from_pretrained(folder))
-
-
-def finetune_teacher(ctx: RunContext) -> Path:
-    """The task-fine-tuned teacher folder: trained here, reused when done, or given (already_finetuned);
-    in every case it has passed the teacher gate (or teacher.gate=warn)."""
+def given(ctx: RunContext) -> Output:
+    """teacher.already_finetuned: the user's folder stands in for this stage (checked, scored on dev once)."""
     cfg = ctx.cfg
-    if cfg.teacher.already_finetuned:
-        folder = local_model_folder(cfg.teacher.name)  # a hub name too
-        labels = finetuned_labels(folder)  # from AutoConfig: default LABEL_i names when none were saved
-        if labels is not None and ctx.data.label_names is not None and len(labels) != len(ctx.data.label_names):
-            raise ValueError(f"teacher.already_finetuned: {folder} predicts {len(labels)} labels but task "
-                             f"{cfg.task.name} has {len(ctx.data.label_names)}")
-        check_teacher(ctx, _given_teacher_scores(ctx, folder))
-        return folder
-    stage = teacher_stage(ctx)
-    if stage.is_done():
-        announce_once(str(stage.dir), f"[teacher] reusing {stage.model_dir} ({score_report(ctx, stage.result())})")
-        check_teacher(ctx, stage.result())
-        check_trend(ctx, stage.dir)
-        return stage.model_dir
-    stage.start()
-    data = ctx.data
+    folder = local_model_folder(cfg.teacher.name)  # a hub name too
+    labels = finetuned_labels(folder)  # from AutoConfig: default LABEL_i names when none were saved
+    if labels is not None and ctx.data.label_names is not None and len(labels) != len(ctx.data.label_names):
+        raise ValueError(f"teacher.already_finetuned: {folder} predicts {len(labels)} labels but task "
+                         f"{cfg.task.name} has {len(ctx.data.label_names)}")
+    return Output(folder, folder, _given_teacher_scores(ctx, folder))
+
+
+def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
+    """Fine-tune the pretrained teacher on the task; dev and test scores of its best checkpoint."""
+    cfg, data = ctx.cfg, ctx.data
     set_seed(cfg.seed)  # the new classifier head is drawn from the seed, whatever ran before in this process
     model = load_classifier(cfg.teacher.name, data.label_names, data.kind)
     train_cfg = cfg.teacher.finetune
@@ -83,11 +73,21 @@ def finetune_teacher(ctx: RunContext) -> Path:
               "steps": result.step}
     tracker.summary(scores)
     tracker.finish()
-    stage.finish(scores)
     print(f"[teacher] {cfg.teacher.name} on {data.name}: {score_report(ctx, scores)} -> {stage.model_dir}")
-    check_teacher(ctx, scores)
-    check_trend(ctx, stage.dir)
-    return stage.model_dir
+    return scores
+
+
+def check(ctx: RunContext, output: Output) -> None:
+    """Every command that uses the teacher (trained, reused or given) passes the gate first; a teacher
+    trained here is also checked for a dev score that was still rising when training stopped."""
+    check_teacher(ctx, output.result)
+    if not ctx.cfg.teacher.already_finetuned:
+        check_trend(ctx, output.dir)
+
+
+STAGE = Stage("teacher", "teacher", "fine-tune the pretrained teacher on the task", settings, work,
+              is_given=lambda cfg: cfg.teacher.already_finetuned, given=given, check=check,
+              describe=lambda out: f"dev {out.result['dev']['score']:.4f}" if "dev" in out.result else "")
 
 
 def _given_teacher_scores(ctx: RunContext, folder: Path) -> dict:
@@ -168,7 +168,7 @@ def gate_message(ctx: RunContext, scores: dict, summary: dict) -> str:
         lines.append(f"  fix: a lower learning rate: teacher.finetune.lr={f.lr / 4:.1e} (now {f.lr:g})")
         lines.append("  fix: check that the labels follow from the texts (`make inspect` shows the label counts)")
         lines.append(f"  note: changed teacher settings need a new run_id=... (this run's teacher folder "
-                     f"{teacher_stage(ctx).dir} is kept)")
+                     f"{ctx.run_dir / 'teacher'} is kept)")
     if t.gate == "stop":
         lines.append("  to go on anyway: teacher.gate=warn")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Compression stages of a run: prune + recovery distillation, then ONNX export and quantization."""
+"""The export pass: one model folder in, one checked ONNX folder per format out (fp32, fused, fp16,
+INT8 dynamic, INT8 static QDQ), each compared with the PyTorch model on dev batches before it is kept."""
 from __future__ import annotations
 
 import json
@@ -9,138 +10,11 @@ import numpy as np
 import torch
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
-from distill.passes import onnx as onnx_export
-from distill.engine.batching import to_model_inputs
-from distill.stages.context import RunContext
-from distill.stages.distillation import (_final_scores, _print_scores, cache_teacher_logits, prediction_stage, run_prediction,
-                                  task_objective, task_stage_dirs)
-from distill.engine.evaluation import evaluate
 from distill.base.fsutil import write_text_atomic
-from distill.engine.placement import placement
-from distill.passes.prune import prune_model
-from distill.stages.records import StageRun, announce_once
+from distill.passes import onnx as onnx_export
 from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
-from distill.engine.trainer import train
-from distill.stages.teacher import finetune_teacher, load_finetuned, teacher_stage
-
 
 CHECK_FILE = "check.json"  # export/check.json: every format of every model, kept or refused
-
-
-def prune_stage(ctx: RunContext) -> StageRun:
-    return StageRun(ctx.run_dir, "student-pruned", {"upstream": prediction_stage(ctx).fingerprint,
-                                                    "prune": ctx.cfg.prune, "seed": ctx.cfg.seed})
-
-
-def run_prune(ctx: RunContext) -> Path:
-    """Prune the distilled student, then recover by distilling from the teacher into the pruned shape."""
-    cfg, p = ctx.cfg, ctx.cfg.prune
-    source = run_prediction(ctx)
-    stage = prune_stage(ctx)
-    if stage.is_done():
-        announce_once(str(stage.dir), f"[pruned] reusing {stage.model_dir} (test {stage.result()['test']['score']:.4f})")
-        return stage.model_dir
-    teacher = load_finetuned(finetune_teacher(ctx))
-    student = load_finetuned(source)
-    ratio = 1.0 - p.target_flops if p.target_flops else p.ratio
-    example = {k: v for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
-    stage.start()
-    before = evaluate(student, ctx.loader("dev", 128), ctx.data)
-    pruned, report = prune_model(student, example, ratio, importance=p.importance,
-                                 loader=ctx.loader("train", 32, shuffle=True), taylor_batches=p.taylor_batches,
-                                 layer_ratios=p.layer_ratios or None, place=placement(p.recovery.mixed_precision),
-                                 kind=ctx.data.kind)
-    after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data)
-    print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
-          f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
-    objective = task_objective(ctx, p.recovery_losses, pruned, teacher, carry_from=task_stage_dirs(ctx))
-    train_set = cache_teacher_logits(ctx, objective, teacher, ctx.tokenized["train"], p.recovery.mixed_precision)
-    dev = ctx.loader("dev", 128)
-    tracker = ctx.tracker(stage.dir, "recovery")
-    result = train(objective, ctx.loader("train", p.recovery.batch_size, True, train_set), p.recovery, stage.dir,
-                   save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, ctx.data),
-                   tracker=tracker, seed=cfg.seed, desc="recovery")
-    scores = _final_scores(ctx, stage.model_dir, result.step)
-    scores.update(prune=report.__dict__, dev_before_prune=before, dev_right_after_prune=after_prune)
-    tracker.summary({"params_after": report.params_after, "flops_after": report.flops_after, **scores})
-    tracker.finish()
-    stage.finish(scores)
-    _print_scores("pruned", scores, ctx)
-    return stage.model_dir
-
-
-# ---------------------------------------------------------------------------------------------------
-
-
-def export_stage(ctx: RunContext) -> StageRun:
-    upstream = [teacher_stage(ctx).fingerprint, prediction_stage(ctx).fingerprint]
-    if ctx.cfg.prune.enabled:
-        upstream.append(prune_stage(ctx).fingerprint)
-    return StageRun(ctx.run_dir, "export", {"upstream": upstream, "export": ctx.cfg.export})
-
-
-def _numpy_batches(loader, limit: int | None = None) -> list[dict[str, np.ndarray]]:
-    out = []
-    for i, batch in enumerate(loader):
-        if limit is not None and i >= limit:
-            break
-        out.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-    return out
-
-
-def _batches_and_labels(loader, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tuple[list[dict[str, np.ndarray]], list]:
-    """Model inputs and the labels of the same rows (per example; per-token rows unpadded), in loader order."""
-    batches, labels = [], []
-    for batch in loader:
-        batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-        labels += kind.label_rows(batch["labels"].numpy(), batches[-1]["attention_mask"])
-    return batches, kind.collect(labels)
-
-
-def _source_dir(ctx: RunContext, name: str) -> Path:
-    if name == "teacher":
-        return finetune_teacher(ctx)
-    if name == "student-task":
-        return run_prediction(ctx)
-    return run_prune(ctx)
-
-
-def run_export(ctx: RunContext) -> Path:
-    """ONNX artifacts for every configured model and format, each checked before it is kept."""
-    e = ctx.cfg.export
-    sources = {name: _source_dir(ctx, name) for name in e.models}
-    stage = export_stage(ctx)
-    if stage.is_done():
-        announce_once(str(stage.dir), f"[export] reusing {stage.dir}")
-        return stage.dir
-    stage.start()
-    dev_set = ctx.tokenized["dev"]
-    if e.check_examples:
-        dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
-    check_batches, check_labels = _batches_and_labels(ctx.loader("dev", 64, dataset=dev_set), ctx.data.kind)
-    # each calibration batch at its own length (quantize_int8_qdq feeds them one at a time)
-    calibration = _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)
-    results = {}
-    for name, folder in sources.items():
-        results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,
-                                     calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop,
-                                     kind=ctx.data.kind, label_names=ctx.data.label_names)
-    if teacher_baseline_formats(e):  # reference rows only: a refused format drops its row, never the run
-        results["teacher"] = export_model(finetune_teacher(ctx), stage.dir, "teacher", teacher_baseline_formats(e),
-                                          check_batches, check_labels, ctx.data.metric, calibration,
-                                          ctx.cfg.task.max_len, False, e.max_metric_drop, kind=ctx.data.kind,
-                                          label_names=ctx.data.label_names)
-    _write_checks(stage.dir, results)
-    refused = refused_formats(stage.dir)
-    if refused:
-        print(f"[export] refused (left out, the rest kept): {', '.join(refused)}; reasons in {stage.dir / CHECK_FILE}")
-    stage.finish({"artifacts": results, "refused": refused})
-    return stage.dir
-
-
-def teacher_baseline_formats(e) -> list[str]:
-    """Formats the teacher is exported in for the bench's runtime rows (none when it is a model to ship)."""
-    return [] if "teacher" in e.models else list(e.teacher_formats)
 
 
 def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, check_labels,
@@ -218,7 +92,7 @@ def refused_formats(export_dir: Path) -> dict[str, str]:
     return {key: entry["reason"] for key, entry in json.loads(path.read_text()).items() if entry.get("refused")}
 
 
-def _write_checks(export_dir: Path, results: dict[str, dict]) -> None:
+def write_checks(export_dir: Path, results: dict[str, dict]) -> None:
     """export/check.json: every model's every format, kept (with its check) or refused (with the reason)."""
     flat = {f"{name}-{variant}": entry for name, per_format in results.items() for variant, entry in per_format.items()}
     write_text_atomic(Path(export_dir) / CHECK_FILE, json.dumps(flat, indent=1))

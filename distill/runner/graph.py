@@ -1,0 +1,22 @@
+"""Every stage of the pipeline, declared once (see distill/stages/spec.py), and which stages each
+command asks for. The runner resolves what they read; nothing else knows the order."""
+from __future__ import annotations
+
+from distill.stages import baseline, bench, export, general, inspect, prune, task, teacher
+from distill.stages.spec import Stage
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    teacher.STAGE, general.STAGE, task.INTERMEDIATE, task.PREDICTION, baseline.STAGE, prune.STAGE, export.STAGE,
+    bench.STAGE, inspect.STAGE)}
+
+# command -> (the stages it asks for, whether it may train the stages they read)
+COMMANDS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "teacher": (("teacher",), True),
+    "general": (("general",), True),
+    "task": (("2b",), True),
+    "baseline": (("baseline",), True),
+    "prune": (("prune",), True),
+    "distill": (("2b", "prune", "export", "bench"), True),
+    "export": (("export",), False),
+    "bench": (("bench",), False),
+}

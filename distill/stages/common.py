@@ -1,0 +1,147 @@
+"""What several stages share: the student's shape, the task losses, the task objective, teacher logits,
+the student saver and the final scores. Stages import this module, never each other."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
+from distill.data.augment import augmented_train_set
+from distill.engine.evaluation import evaluate
+from distill.engine.layer_map import build_layer_map
+from distill.engine.losses import LOSSES
+from distill.engine.objectives import DistillObjective, save_projections, with_teacher_logits
+from distill.engine.placement import placement
+from distill.stages.context import RunContext
+from distill.tasks import kind_of_folder
+from students.build import count_parameters
+from students.presets import resolve_shape
+from teachers.load import use_eager_attention
+
+MLM_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.feature.startswith("mlm"))
+PROJECTIONS = "projections.safetensors"  # next to a stage's model folder: the student folder stays plain HF
+# the default output losses are classification losses; on a regression task they stand for these
+REGRESSION_COUNTERPARTS = {"soft_ce": "logits_mse", "soft_ce_t2": "logits_mse", "hard_ce": "hard_mse"}
+
+
+def student_shape(ctx: RunContext):
+    s = ctx.cfg.student
+    return resolve_shape(s.preset, s.layers, s.hidden, s.heads, s.ffn)
+
+
+def losses_for_task(losses: dict[str, float], is_regression: bool) -> dict[str, float]:
+    """The output losses a task stage trains with. Unchanged for classification; on a regression task
+    the default losses (soft_ce/hard_ce, which need classes) become logits_mse/hard_mse. Losses the
+    user set are never rewritten: check_task_losses refuses the wrong ones before any training."""
+    defaults = (TaskStageConfig().prediction_losses, PruneConfig().recovery_losses)
+    if is_regression and losses in defaults:
+        return {REGRESSION_COUNTERPARTS.get(name, name): weight for name, weight in losses.items()}
+    return losses
+
+
+def check_task_losses(cfg: ExperimentConfig, is_regression: bool) -> None:
+    """Preflight: every configured task-stage loss is defined for the task type (classes or scores)."""
+    task_type = "regression" if is_regression else "classification"
+    sections = {"task_distill.intermediate_losses": cfg.task_distill.intermediate_losses,
+                "task_distill.prediction_losses": cfg.task_distill.prediction_losses,
+                "prune.recovery_losses": cfg.prune.recovery_losses if cfg.prune.enabled else {}}
+    for key, losses in sections.items():
+        for name, weight in losses_for_task(losses, is_regression).items():
+            wanted = LOSSES[name].task
+            if weight == 0:  # logged when computable, skipped otherwise (DistillObjective): never trained on
+                continue
+            if wanted not in ("any", task_type):
+                fix = ("logits_mse (teacher scores) or hard_mse (gold scores)" if is_regression
+                       else "soft_ce/soft_ce_t2 (teacher) or hard_ce (gold labels)")
+                raise ValueError(f"config key '{key}.{name}': {name} is a {wanted} loss but {cfg.task.name} is a "
+                                 f"{task_type} task; use {fix}")
+
+
+def distill_saver(ctx: RunContext):
+    """save_model for distillation: the student's HF folder, and its projections next to that folder."""
+    save_student = ctx.saver()
+
+    def save(trainable, folder: Path) -> None:
+        save_student(trainable, folder)
+        projections = getattr(trainable, "projections", None)
+        if projections is not None and len(projections):
+            save_projections(projections, Path(folder).parent / PROJECTIONS)
+    return save
+
+
+def load_finetuned(folder: Path):
+    """A fine-tuned folder with the head its architecture records (sequence/token classification, QA)."""
+    return use_eager_attention(kind_of_folder(folder).auto_class.from_pretrained(folder))
+
+
+def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher,
+                   carry_from: list[Path] | tuple[Path, ...] = ()) -> DistillObjective:
+    """Task-stage distillation (2a, 2b, recovery): the configured layer map and temperature, the output
+    losses of the task type, and the trained projections of the stages in ``carry_from`` (oldest
+    first, a later stage's projection replacing an earlier one) where their shapes fit."""
+    t = ctx.cfg.task_distill
+    chosen = losses_for_task(losses, ctx.data.is_regression)
+    if chosen != losses:
+        print(f"[task] {ctx.data.name} is a regression task: losses {chosen} instead of the default {losses}")
+    matches = build_layer_map(chosen, t.layer_map, student.config.num_hidden_layers,
+                              teacher.config.num_hidden_layers, t.layer_map_list)
+    objective = DistillObjective(student, teacher, matches, temperature=t.temperature,
+                                 kind=ctx.data.kind)  # validates before training
+    for folder in carry_from:
+        loaded = objective.load_projections(Path(folder) / PROJECTIONS)
+        if loaded:
+            print(f"[task] projections {loaded} start from the ones trained in {folder}")
+    return objective
+
+
+def train_set_for(ctx: RunContext, teacher_dir: Path):
+    aug = ctx.cfg.task_distill.augment
+    if not aug.enabled:
+        return ctx.tokenized["train"]
+    return augmented_train_set(ctx, teacher_dir)
+
+
+def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, train_set,
+                         mixed_precision: str = "auto"):
+    """When only output losses are trained, the teacher runs once over the data instead of every epoch,
+    on the accelerator and in the ``mixed_precision`` of the training that uses the logits."""
+    if not objective.output_only:
+        return train_set
+    from distill.engine import logit_cache
+
+    place = placement(mixed_precision)
+    key = _logit_key(teacher, train_set, mixed_precision, objective.kind)
+
+    def compute(dataset):
+        print(f"[teacher] logits for {len(dataset)} training examples, computed once and reused every epoch")
+        return with_teacher_logits(teacher, dataset, lambda d: ctx.loader("train", 128, dataset=d), place,
+                                   kind=objective.kind)
+
+    return logit_cache.reuse_or_compute(getattr(ctx, "run_dir", None), key, train_set, compute)  # across stages too
+
+
+def _logit_key(teacher, train_set, mixed_precision: str, kind) -> str | None:
+    from distill.engine import logit_cache
+
+    place = placement(mixed_precision)
+    return logit_cache.cache_key(teacher.name_or_path, train_set, place.device.type, place.dtype,
+                                 type(kind).__name__ + str(getattr(kind, "name", "")))
+
+
+def final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
+    """Dev and test scores of a stage's model, on the accelerator, in full precision (the reported number)."""
+    model = load_finetuned(folder).to(placement("no").device)
+    return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data),
+            "test": evaluate(model, ctx.loader("test", 128), ctx.data),
+            "params": count_parameters(model), "steps": steps}
+
+
+def print_scores(name: str, scores: dict, ctx: RunContext) -> None:
+    from distill.report.summary import score_report
+
+    if "test" in scores:
+        print(f"[{name}] {score_report(ctx, scores)}")
+
+
+def teacher_baseline_formats(e) -> list[str]:
+    """Formats the teacher is exported in for the bench's runtime rows (none when it is a model to ship)."""
+    return [] if "teacher" in e.models else list(e.teacher_formats)
