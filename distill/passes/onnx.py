@@ -22,6 +22,7 @@ from torch import nn
 
 from distill.tasks.metrics import compute_metrics
 from distill.base.fsutil import commit_replace
+from distill.passes.quiet import quiet_step
 from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -91,6 +92,7 @@ class CheckResult:
         return {**asdict(self), "metric_drop": self.metric_drop, "ok": self.ok}
 
 
+@quiet_step
 def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
                 kind: TaskKind = SEQUENCE_CLASSIFICATION) -> None:
     """TorchScript-based export (dynamo=False): with eager attention ORT's optimizer can fuse it.
@@ -118,6 +120,7 @@ def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
     onnx.checker.check_model(str(path))
 
 
+@quiet_step
 def fuse(src: Path, dst: Path, num_heads: int, hidden_size: int):
     """ORT transformer optimizer: fused Attention / SkipLayerNorm / BiasGelu. Returns the optimizer model."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -136,6 +139,7 @@ def fused_op_counts(path: Path) -> dict[str, int]:
     return counts
 
 
+@quiet_step
 def quantize_int8_dynamic(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -162,6 +166,7 @@ class _Calibration:
         return next(self.batches, None)
 
 
+@quiet_step
 def quantize_int8_qdq(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> None:
     """Static INT8 in QDQ form (symmetric, per-channel weights): the explicit quantization TensorRT builds from.
     The percentile histograms are collected batch by batch (CalibStridedMinMax=1: ORT merges them)."""
@@ -178,6 +183,7 @@ def quantize_int8_qdq(src: Path, dst: Path, calibration: list[dict[str, np.ndarr
     pre.unlink(missing_ok=True)
 
 
+@quiet_step
 def to_fp16(optimizer_model, dst: Path) -> None:
     optimizer_model.convert_float_to_float16(keep_io_types=True)
     optimizer_model.save_model_to_file(str(dst))
