@@ -24,7 +24,13 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
 
-help:  ## list targets
+help:  ## list targets, and how EXP= and ARGS= work
+	@echo "usage: make <target> [EXP=experiments/<name>.yaml] [ARGS=\"key.sub=value ...\"]"
+	@echo "  EXP   the experiment YAML (default $(EXP)); its name: decides the run folder runs/<name>/<run_id>/"
+	@echo "  ARGS  config overrides, e.g. ARGS=\"run_id=try2 teacher.finetune.epochs=3\" (bench-large, bench-train: their flags)"
+	@echo "        maps and lists as in YAML, no inner quotes: ARGS=\"general.losses={hidden_mse: 1.0, attention_kl: 1.0}\""
+	@echo "  each pipeline target is .venv/bin/python -m distill <command> --config \$$EXP \$$ARGS (README: Make targets)"
+	@echo
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
 setup: $(STAMP)  ## create .venv with the project, its dependencies and the embedded assets (re-run: no-op unless TORCH_SPEC/TORCH_PIP_ARGS changed)

@@ -42,8 +42,9 @@ COMMANDS = {
 OVERRIDES = """\
 overrides:
   Any config key, dotted: teacher.finetune.lr=3e-5 student.preset=tinybert-4l-312 task.name=glue/sst2
-  Lists and maps in YAML flow syntax; quote a value with spaces for your shell:
-    student.init_layer_list=[0,2,4]   'general.losses={hidden_mse: 1.0}'   general.losses={hidden_mse:1.0}
+  Lists and maps in YAML flow syntax, quoted or not (a value the shell split at its spaces is joined):
+    student.init_layer_list=[0, 2, 4]   general.losses={hidden_mse: 1.0, attention_kl: 1.0}
+    through make: make distill ARGS="general.losses={hidden_mse: 1.0} run_id=try2"
   An unknown key, a wrong type or an impossible value stops before any weight loads.
 """
 
@@ -101,6 +102,13 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def _main_process_speaks() -> None:
+    """Under ``accelerate launch`` every rank runs the same command: only rank 0 prints (plan, data summary,
+    scores); the others keep stderr, so an error on any rank is still seen."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of this process)
+
+
 def run(argv: list[str] | None = None) -> int:
     command, args = parse(list(sys.argv[1:] if argv is None else argv))
     from distill.config import load_config, to_dict
@@ -110,6 +118,7 @@ def run(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     _quiet_libraries()
+    _main_process_speaks()
     from distill.runner import pipeline
 
     return getattr(pipeline, f"run_{command}")(cfg) or 0

@@ -550,13 +550,31 @@ def _is_mapping_field(keys: list[str], part: str) -> bool:
     return False
 
 
+def join_split_overrides(overrides) -> list[str]:
+    """Overrides as the user meant them when a shell split a value at its spaces: ``general.losses={a: 1,``
+    ``b: 2}`` (unquoted, or through make's ARGS) is joined back into one ``key={a: 1, b: 2}``; a piece
+    without ``=`` joins the override before it while that one's brackets are still open."""
+    joined: list[str] = []
+    for text in overrides:
+        if joined and "=" not in text.split(":")[0] and _open_brackets(joined[-1]) > 0:
+            joined[-1] += " " + text
+        else:
+            joined.append(text)
+    return joined
+
+
+def _open_brackets(text: str) -> int:
+    value = text.partition("=")[2]
+    return value.count("{") + value.count("[") - value.count("}") - value.count("]")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read an experiment YAML (or the defaults), apply ``key.sub=value`` overrides, validate."""
     data: dict = {}
     if path is not None:
         data = _read_experiment(Path(path))
     defaults = to_dict(ExperimentConfig())
-    for text in overrides:
+    for text in join_split_overrides(overrides):
         keys, value = _parse_override(text, ExperimentConfig)
         node, default = data, defaults
         for part in keys[:-1]:

@@ -220,3 +220,17 @@ def test_task_type_is_a_checked_choice():
     assert load_config().task.type == "auto"
     with pytest.raises(ConfigError, match=r"'task\.type'"):
         load_config(None, ["task.type=regresion"])
+
+
+def test_a_map_or_list_split_by_the_shell_is_joined_back():
+    """`general.losses={hidden_mse: 1.0, attention_kl: 2}` unquoted (or through make's ARGS) reaches argv as
+    four pieces; they mean one override, and the next override stays its own."""
+    from distill.config import join_split_overrides
+
+    pieces = ["general.losses={hidden_mse:", "1.0,", "attention_kl:", "2}", "seed=3"]
+    assert join_split_overrides(pieces) == ["general.losses={hidden_mse: 1.0, attention_kl: 2}", "seed=3"]
+    cfg = load_config(None, pieces + ["student.init_layer_list=[0,", "2]"])
+    assert cfg.general.losses == {"hidden_mse": 1.0, "attention_kl": 2.0} and cfg.seed == 3
+    assert cfg.student.init_layer_list == [0, 2]
+    with pytest.raises(ConfigError, match="'student.init_layer_list'"):  # still a clear error when unbalanced
+        load_config(None, ["student.init_layer_list=[0,", "2"])

@@ -198,3 +198,23 @@ def test_the_cli_keeps_the_traceback_of_errors_that_are_not_the_users(monkeypatc
     monkeypatch.setattr(pipeline, "run_plan", broken)
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         cli.main(["plan"])
+
+
+def test_only_the_main_process_speaks(tmp_path, tiny_teacher_dir, task_folder, monkeypatch, capsys):
+    """Under accelerate launch (RANK set), rank 1 prints nothing to stdout; rank 0 prints the plan."""
+    import sys
+
+    from distill import cli
+
+    args = ["plan", f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}"]
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after the test
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+    monkeypatch.undo()
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 0 and "[plan] distill" in capsys.readouterr().out
