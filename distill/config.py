@@ -19,8 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
+from distill.base.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config key is unknown, has the wrong type or an impossible value."""
 
 

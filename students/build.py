@@ -15,13 +15,14 @@ from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForQuestionA
                           PreTrainedModel)
 
 from students.presets import StudentShape
+from distill.base.errors import UserError
 
 # token: a per-token head (NER), AutoModelForTokenClassification; qa: start/end head, AutoModelForQuestionAnswering
 KINDS = ("base", "mlm", "classifier", "token", "qa")
 HEADED = ("classifier", "token")  # kinds whose head is sized by the task's labels
 
 
-class StudentInitError(ValueError):
+class StudentInitError(UserError, ValueError):
     pass
 
 

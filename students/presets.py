@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from distill.base.errors import InputError
+
 
 @dataclass(frozen=True)
 class StudentShape:
@@ -13,9 +15,9 @@ class StudentShape:
 
     def __post_init__(self) -> None:
         if min(self.layers, self.hidden, self.heads, self.ffn) <= 0:
-            raise ValueError(f"student shape must be positive, got {self}")
+            raise InputError(f"student shape must be positive, got {self}")
         if self.hidden % self.heads:
-            raise ValueError(f"student hidden width {self.hidden} is not divisible by {self.heads} heads; "
+            raise InputError(f"student hidden width {self.hidden} is not divisible by {self.heads} heads; "
                              "change student.hidden or student.heads")
 
 
@@ -30,7 +32,7 @@ def resolve_shape(preset: str, layers: int = 0, hidden: int = 0, heads: int = 0,
     """A preset with any non-zero field overridden; ``preset='custom'`` needs all four."""
     base = PRESETS.get(preset)
     if base is None and preset != "custom":
-        raise ValueError(f"unknown student preset {preset!r}; choose one of {sorted(PRESETS)} or custom")
+        raise InputError(f"unknown student preset {preset!r}; choose one of {sorted(PRESETS)} or custom")
     if base is None:
         return StudentShape(layers, hidden, heads, ffn)
     return StudentShape(layers or base.layers, hidden or base.hidden, heads or base.heads, ffn or base.ffn)

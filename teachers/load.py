@@ -13,11 +13,12 @@ from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoToken
                           PreTrainedTokenizerBase)
 
 from distill.base import assets
+from distill.base.errors import UserError
 
 EMBEDDED = {"minilm-l6": assets.minilm_dir}
 
 
-class TeacherLoadError(OSError):
+class TeacherLoadError(UserError, OSError):
     pass
 
 

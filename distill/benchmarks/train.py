@@ -26,6 +26,7 @@ The machine is often shared: every run reports the CPU cores other processes use
 """
 from __future__ import annotations
 
+from distill.base.errors import UserError
 import argparse
 import json
 import math
@@ -47,7 +48,7 @@ LABEL_NAMES = ["0", "1"]
 STUDENT = dict(layers=3, hidden=384, heads=12, ffn=1536)
 
 
-class BenchTrainError(ValueError):
+class BenchTrainError(UserError, ValueError):
     pass
 
 

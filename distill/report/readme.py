@@ -6,6 +6,7 @@ the bench wrote them) and puts it between the README's results markers, replacin
 """
 from __future__ import annotations
 
+from distill.base.errors import UserError
 import argparse
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ END = "<!-- results:end -->"
 SECTION = "## Artifacts"
 
 
-class ReadmeError(ValueError):
+class ReadmeError(UserError, ValueError):
     pass
 
 

@@ -17,9 +17,10 @@ from distill.runner.graph import STAGES
 from distill.stages.context import RunContext
 from distill.stages.records import STAGE_SECONDS, StageConflictError, StageRun
 from distill.stages.spec import Output, Stage
+from distill.base.errors import UserError
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """The command cannot go ahead: a read-only command lacks a trained input, or a stage is disabled."""
 
 

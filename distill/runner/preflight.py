@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from distill.config import ConfigError, ExperimentConfig
 from distill.stages.context import RunContext
+from distill.base.errors import InputError
 
 
 def _refuse(key: str, message: str) -> None:
@@ -19,11 +20,11 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext, general_will_run: bool = T
     shape = student_shape(ctx)
     if cfg.student.init == "teacher":
         if shape.hidden != teacher_cfg.hidden_size or shape.heads != teacher_cfg.num_attention_heads:
-            raise ValueError(f"student.init=teacher copies teacher layers, so the student needs the teacher's width "
+            raise InputError(f"student.init=teacher copies teacher layers, so the student needs the teacher's width "
                              f"{teacher_cfg.hidden_size} and {teacher_cfg.num_attention_heads} heads (got "
                              f"{shape.hidden} and {shape.heads}); set student.hidden/heads or use init=random")
         if shape.ffn > teacher_cfg.intermediate_size or shape.layers > teacher_cfg.num_hidden_layers:
-            raise ValueError(f"student.init=teacher: student FFN {shape.ffn} / layers {shape.layers} exceed the "
+            raise InputError(f"student.init=teacher: student FFN {shape.ffn} / layers {shape.layers} exceed the "
                              f"teacher's {teacher_cfg.intermediate_size} / {teacher_cfg.num_hidden_layers}")
     student_layers, student_heads = shape.layers, shape.heads
     if cfg.student.init not in ("random", "teacher"):  # a student folder brings its own shape
@@ -39,7 +40,7 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext, general_will_run: bool = T
         ("general.losses", cfg.general.losses if cfg.general.enabled else {}),
         ("task_distill.intermediate_losses", cfg.task_distill.intermediate_losses)) if "attention_scores_mse" in losses]
     if score_losses and student_heads != teacher_cfg.num_attention_heads:
-        raise ValueError(f"{score_losses[0]} compares attention maps head by head, but the student has {student_heads} "
+        raise InputError(f"{score_losses[0]} compares attention maps head by head, but the student has {student_heads} "
                          f"heads and the teacher {teacher_cfg.num_attention_heads}; use attention_kl instead")
     mlm_terms = [n for n in cfg.general.losses if n in MLM_LOSSES] if cfg.general.enabled else []
     if mlm_terms and cfg.general.teacher == "task":
@@ -48,7 +49,7 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext, general_will_run: bool = T
     if mlm_terms:
         name = cfg.general.teacher or cfg.teacher.name
         if not has_mlm_head(name):
-            raise ValueError(f"general.losses uses MLM terms but {name!r} has no MLM head; remove them or set "
+            raise InputError(f"general.losses uses MLM terms but {name!r} has no MLM head; remove them or set "
                              "general.teacher to a masked-LM checkpoint")
     aug = cfg.task_distill.augment
     if aug.enabled and aug.method == "mlm":

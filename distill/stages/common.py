@@ -16,6 +16,7 @@ from distill.tasks import kind_of_folder
 from students.build import count_parameters
 from students.presets import resolve_shape
 from teachers.load import use_eager_attention
+from distill.base.errors import InputError
 
 MLM_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.feature.startswith("mlm"))
 PROJECTIONS = "projections.safetensors"  # next to a stage's model folder: the student folder stays plain HF
@@ -52,7 +53,7 @@ def check_task_losses(cfg: ExperimentConfig, is_regression: bool) -> None:
             if wanted not in ("any", task_type):
                 fix = ("logits_mse (teacher scores) or hard_mse (gold scores)" if is_regression
                        else "soft_ce/soft_ce_t2 (teacher) or hard_ce (gold labels)")
-                raise ValueError(f"config key '{key}.{name}': {name} is a {wanted} loss but {cfg.task.name} is a "
+                raise InputError(f"config key '{key}.{name}': {name} is a {wanted} loss but {cfg.task.name} is a "
                                  f"{task_type} task; use {fix}")
 
 

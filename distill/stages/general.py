@@ -21,6 +21,7 @@ from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
 from students.build import build_student, count_parameters
 from teachers.load import has_mlm_head, load_backbone
+from distill.base.errors import InputError
 
 
 def settings(ctx: RunContext, upstream: dict[str, str]) -> dict:
@@ -54,12 +55,12 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     teacher_name = str(inputs["teacher"].model_dir) if g.teacher == "task" else g.teacher or cfg.teacher.name
     wants_mlm = any(name in MLM_LOSSES for name in g.losses)
     if wants_mlm and not has_mlm_head(teacher_name):
-        raise ValueError(f"general.losses asks for {[n for n in g.losses if n in MLM_LOSSES]} but the teacher "
+        raise InputError(f"general.losses asks for {[n for n in g.losses if n in MLM_LOSSES]} but the teacher "
                          f"{teacher_name!r} has no MLM head; drop those losses or set general.teacher to a "
                          "checkpoint with one (e.g. bert-large-uncased)")
     cache = Path(cfg.output_dir) / ".cache"
     if g.streaming and process_count() > 1:
-        raise ValueError("general.streaming=true runs in one process for now (several processes would each read "
+        raise InputError("general.streaming=true runs in one process for now (several processes would each read "
                          "the whole stream); launch without --num_processes or set general.streaming=false")
     if g.streaming:  # read and packed while training runs; open_stream fails now on a bad corpus
         sequences = open_stream(g, ctx.tokenizer, cache, cfg.seed)

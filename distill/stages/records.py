@@ -18,10 +18,11 @@ from distill.fingerprint import stage_value
 from distill.base.fsutil import recover_folder, remove_folder, write_text_atomic
 from distill.base.ranks import is_main_process, wait_for_everyone
 from distill.engine.trainer import CHECKPOINT
+from distill.base.errors import UserError
 
 
 
-class StageConflictError(RuntimeError):
+class StageConflictError(UserError, RuntimeError):
     pass
 
 

@@ -26,6 +26,8 @@ from distill.report.summary import (max_len_cost, read_json_on_every_rank, run_s
 from distill.engine.tracking import read_metrics
 from distill.engine.trainer import train
 from teachers.load import finetuned_labels, load_classifier, local_model_folder
+from distill.base.errors import InputError
+from distill.base.errors import UserError
 
 GATE_KEYS = ("gate", "gate_margin")  # what to do with the result, not how it is built: not fingerprinted
 GIVEN_TEACHER_FILE = "teacher-given.json"  # dev score of an already fine-tuned teacher, evaluated once
@@ -35,7 +37,7 @@ RISING_MARGIN = 0.002
 TREND_EVALS = 4  # how many of the last evaluations the warning and trend.json show
 
 
-class TeacherGateError(RuntimeError):
+class TeacherGateError(UserError, RuntimeError):
     """The fine-tuned teacher is no better than the trivial baseline on dev."""
 
 
@@ -52,7 +54,7 @@ def given(ctx: RunContext) -> Output:
     folder = local_model_folder(cfg.teacher.name)  # a hub name too
     labels = finetuned_labels(folder)  # from AutoConfig: default LABEL_i names when none were saved
     if labels is not None and ctx.data.label_names is not None and len(labels) != len(ctx.data.label_names):
-        raise ValueError(f"teacher.already_finetuned: {folder} predicts {len(labels)} labels but task "
+        raise InputError(f"teacher.already_finetuned: {folder} predicts {len(labels)} labels but task "
                          f"{cfg.task.name} has {len(ctx.data.label_names)}")
     return Output(folder, folder, _given_teacher_scores(ctx, folder))
 
