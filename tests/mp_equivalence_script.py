@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import BertConfig, BertModel
 
@@ -22,6 +21,7 @@ from distill.config import TrainConfig
 from distill.engine.layer_map import build_layer_map
 from distill.engine.objectives import DistillObjective
 from distill.engine.trainer import train
+from distill.base.ranks import is_main_process, process_state
 
 EXAMPLES, LENGTH, STEPS = 64, 12, 8
 
@@ -34,7 +34,7 @@ def _config(hidden: int, layers: int) -> BertConfig:
 
 def main(out: Path, batch_size: int) -> None:
     torch.set_num_threads(1)
-    PartialState(cpu=True)
+    process_state()
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 100, (EXAMPLES, LENGTH), generator=generator).tolist()
     data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * LENGTH] * EXAMPLES,
@@ -51,7 +51,7 @@ def main(out: Path, batch_size: int) -> None:
           save_model=lambda m, folder: (folder.mkdir(parents=True, exist_ok=True),
                                         torch.save({k: v.detach().clone() for k, v in m.state_dict().items()},
                                                    folder / "weights.pt")))
-    if PartialState().is_main_process:
+    if is_main_process():
         (out / "losses.json").write_text(json.dumps([record["loss"] for record in result.history]))
 
 

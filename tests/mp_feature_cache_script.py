@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -20,7 +19,7 @@ from distill.tasks.sequence_classification import tokenize
 from distill.config import ExperimentConfig
 from distill.engine.layer_map import build_layer_map
 from distill.engine.objectives import DistillObjective
-from distill.base.ranks import wait_for_everyone
+from distill.base.ranks import process_state, wait_for_everyone
 from distill.engine.trainer import train
 from distill.stages.teacher import load_finetuned
 
@@ -36,7 +35,7 @@ def tiny(layers: int, width: int) -> BertConfig:
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    state = PartialState(cpu=True)
+    state = process_state()
     tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())
     teacher_dir = out / "teacher"
     if state.is_main_process:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
@@ -26,6 +25,7 @@ from distill.engine.objectives import DistillObjective, FineTuneObjective
 from distill.stages.records import StageRun
 from distill.engine.tracking import Tracker
 from distill.engine.trainer import train
+from distill.base.ranks import process_state
 
 BATCH, SEED = 4, 3
 
@@ -45,7 +45,7 @@ class Recording(FineTuneObjective):
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    state = PartialState(cpu=True)
+    state = process_state()  # as the CLI's first is_main_process() creates it: the process group's long timeout
     tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())
     words = ["a wonderful", "a dreadful", "an okay", "a truly wonderful old"]  # lengths differ: grouping matters
     texts = [f"{words[i % 4]} film number {i}" for i in range(40)]
@@ -81,9 +81,16 @@ def main(out: Path) -> None:
     report = {"rank": state.process_index, "processes": state.num_processes, "steps": result.step,
               "seen": objective.batches, "expected_by_epoch": expected,
               "param_sum": float(params.double().sum()), "param_abs_sum": float(params.double().abs().sum()),
-              "initial_abs_sum": initial}
+              "initial_abs_sum": initial, "timeout_s": _process_group_timeout_s()}
     report.update(_distill_stage(out, train_set, tokenizer), **_teacher_logits_once(out, train_set))
     (out / f"rank{state.process_index}.json").write_text(json.dumps(report))
+
+
+def _process_group_timeout_s() -> float:
+    """The collective timeout the default process group was created with."""
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 
 
 def _distill_stage(out: Path, train_set, tokenizer) -> dict:
@@ -106,7 +113,7 @@ def _teacher_logits_once(out: Path, train_set) -> dict:
 
     def compute(dataset):
         computed.append(len(dataset))
-        rows = [[float(sum(ids) % 7), float(PartialState().process_index)] for ids in dataset["input_ids"]]
+        rows = [[float(sum(ids) % 7), float(process_state().process_index)] for ids in dataset["input_ids"]]
         return dataset.add_column("teacher_logits", rows)  # rank-dependent: a rank that computed would show it
 
     key = logit_cache.cache_key(out / "run" / "stage" / "model", train_set, "cpu", "float32", "test")

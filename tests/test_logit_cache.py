@@ -74,7 +74,8 @@ def test_other_processes_read_the_main_ones_entry_after_the_barrier_and_never_ru
     folder = logit_cache.entry_folder(tmp_path, "k")
 
     def main_process_writes_the_entry():
-        data.add_column("teacher_logits", [[0.5, -0.5]] * 4).select_columns(["teacher_logits"]).save_to_disk(str(folder))
+        entry = data.add_column("teacher_logits", [[0.5, -0.5]] * 4).select_columns(["teacher_logits"])
+        entry.save_to_disk(str(folder))
 
     monkeypatch.setattr(ranks, "is_main_process", lambda: False)
     monkeypatch.setattr(ranks, "wait_for_everyone", main_process_writes_the_entry)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distill.base.ranks import PROCESS_GROUP_TIMEOUT
 from distill.engine.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,8 @@ def test_two_processes_train_the_configured_epochs_in_the_samplers_order_and_wri
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert [r["processes"] for r in ranks] == [2, 2]
+    # ranks wait at barriers while the main process runs a teacher pass: not torch's 30 min (gloo) default
+    assert [r["timeout_s"] for r in ranks] == [PROCESS_GROUP_TIMEOUT.total_seconds()] * 2
 
     for r in ranks:
         assert r["steps"] == 10  # 2 epochs x 5 batches per process, not 2 x 10

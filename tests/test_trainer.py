@@ -192,6 +192,24 @@ def test_model_folder_swap_killed_midway_is_restored(tmp_path, monkeypatch, tiny
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_every_batch_of_every_epoch_trains_with_gradient_accumulation(tmp_path, tiny_teacher_dir, task_folder,
+                                                                       tokenizer):
+    """accelerate steps the optimizer at the end of each epoch's data, so 5 batches with grad_accum=2 are 3
+    steps an epoch: 3 epochs are 9 steps. Counted as ceil(3 * 5 / 2) = 8, the last epoch lost its last batch."""
+    from distill.engine.trainer import total_steps
+
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-3, grad_accum=2, save_every=0, log_every=1)
+    model, loader = _setup(tiny_teacher_dir, task_folder, tokenizer)
+    assert len(loader) == 5
+    objective = CrashingObjective(model, crash_at=0)  # counts the batches it trains on
+    result = _run(objective, loader, tmp_path, tokenizer, cfg)
+    assert objective.calls == 15 and result.step == 9
+    assert [r["epoch"] for r in result.history] == [0] * 3 + [1] * 3 + [2] * 3
+    # a fractional last epoch: its share of the batches, in whole accumulation windows
+    assert total_steps(replace(cfg, epochs=2.5), 5) == 3 + 3 + 2
+    assert total_steps(replace(cfg, epochs=0.3, grad_accum=1), 10) == 3  # 0.3 * 10 is 3.0000000000000004 in floats
+
+
 def test_stages_with_different_mixed_precision_in_one_process(tmp_path, tiny_teacher_dir, task_folder, tokenizer):
     """accelerate's state is a process-wide singleton; each train() sets its own precision."""
     for i, precision in enumerate(["no", "bf16", "no"]):

@@ -23,8 +23,8 @@ a new one is sealed. The cache is skipped, with one line saying why, when 2a run
 passes, when its estimated size is above ``task_distill.feature_cache_max_gb`` or the free disk, when
 a weighted 2a loss reads the teacher's logits, or when a feature overflows float16.
 
-Several processes: the main process builds and seals the folder; the others wait (polling the
-folder, so a long build hits no collective timeout) and then read it.
+Several processes: the main process builds and seals the folder; the others wait for it at a barrier
+(the process group's timeout is long: distill.base.ranks) and then read it.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ from distill.engine.features import Features, LayerAttention, num_heads
 from distill.engine.layer_map import Match
 from distill.engine.logit_cache import CACHE_DIR, weights_stamp
 from distill.engine.losses import LOSSES
-from distill.engine.placement import placement
-from distill.base.ranks import HEARTBEAT, heartbeat, is_main_process, process_count, wait_for_everyone, wait_for_main
+from distill.engine.placement import borrowed, placement
+from distill.base.ranks import is_main_process, process_count, wait_for_everyone
 
 PREFIX = "teacher-features-"
 FORMAT = 1  # bump when the stored layout changes: old folders then have another key
@@ -292,19 +292,16 @@ def _rows_of(features: Features, layout: Layout, positions: torch.Tensor) -> tor
 def _write(objective, dataset, layout: Layout, folder: Path, loader_factory, place, batch_size: int) -> str | None:
     """Run the teacher over ``dataset`` and append its features to ``folder``; None, or why it stopped."""
     tap = objective.teacher_tap
-    teacher = objective.teacher.eval().to(place.device)
     index = np.zeros((len(dataset), 3), dtype=np.int64)
     tokens_at, pairs_at = 0, 0
     with open(folder / "tokens.f16", "wb") as tokens_file, open(folder / "pairs.f16", "wb") as pairs_file, \
-            torch.no_grad():
+            borrowed(objective.teacher, place), torch.no_grad():
         for batch in tqdm(loader_factory(dataset, batch_size), desc="2a teacher features", dynamic_ncols=True):
             ids = batch.pop(ID_COLUMN).numpy()
             batch = place.inputs(batch)
             mask = batch["attention_mask"]
             with place.autocast():
                 features = tap(to_model_inputs(batch))
-            if objective.logit_sink is not None:  # the logits of this teacher pass, for stage 2b
-                objective.logit_sink.add(torch.from_numpy(ids), features.logits, mask)
             lengths = mask.sum(1).cpu().numpy().astype(np.int64)
             blocks = []
             if layout.width:
@@ -327,11 +324,13 @@ def _write(objective, dataset, layout: Layout, folder: Path, loader_factory, pla
 
 
 def planned_passes(train_cfg, examples: int, processes: int) -> float:
-    """Passes over the training set that a stage with ``train_cfg`` makes (epochs, or max_steps' worth)."""
-    from distill.engine.trainer import total_steps
+    """Passes over the training set that a stage with ``train_cfg`` makes (epochs, or max_steps' worth;
+    each epoch ends on an optimizer step of its own, see distill.engine.trainer.steps_per_epoch)."""
+    from distill.engine.trainer import steps_per_epoch, total_steps
 
     batches = max(1, math.ceil(math.ceil(examples / train_cfg.batch_size) / processes))
-    return total_steps(train_cfg, batches) * train_cfg.grad_accum / batches
+    whole, rest = divmod(total_steps(train_cfg, batches), steps_per_epoch(train_cfg, batches))
+    return whole + rest * train_cfg.grad_accum / batches
 
 
 def _say(message: str) -> None:
@@ -351,16 +350,15 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
     start = time.perf_counter()
     step = "writing it"
     try:
-        with heartbeat(tmp):  # the waiting processes can tell a long build from a dead process
-            problem = _write(objective, dataset, layout, tmp, loader_factory, place, batch_size)
-        (tmp / HEARTBEAT).unlink(missing_ok=True)
+        tmp.mkdir()
+        problem = _write(objective, dataset, layout, tmp, loader_factory, place, batch_size)
         if problem is None:
             step = "sealing it"
             (tmp / "meta.json").write_text(json.dumps(meta))
             tmp.rename(folder)
     except OSError as error:  # e.g. the disk filled up after all
         problem = f"{step} failed ({error.strerror or error})"
-    except BaseException:  # out of memory, Ctrl-C...: no scratch folder left for the others to wait on
+    except BaseException:  # out of memory, Ctrl-C...: no scratch folder left behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if problem:
@@ -374,6 +372,37 @@ def _build(objective, dataset, layout, folder: Path, loader_factory, place, batc
     _say(f"teacher features ({layout.describe()}) of {len(dataset)} examples computed once in "
          f"{time.perf_counter() - start:.0f} s into {folder} ({_gb(size)}, {per_1000:.1f} MB per 1,000 examples); "
          "read every epoch instead of running the teacher")
+
+
+def _usable(folder: Path) -> bool:
+    """Main process: whether a sealed, undamaged cache is in ``folder``. Anything else there is removed
+    (a sealed folder read as damaged; a folder without meta.json, left by a kill between unsealing and
+    removing a damaged one: it would make sealing the new build fail and keep the cache off for good)."""
+    if (folder / "meta.json").is_file():
+        damage = FeatureCache.damage(folder)
+        if damage is None:
+            return True
+        _say(f"teacher feature cache {folder} is damaged ({damage}); building it again")
+        (folder / "meta.json").unlink(missing_ok=True)  # unsealed first, so nobody reads what is left
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
+
+
+def _room_for(folder: Path, size: int, max_gb: float) -> bool:
+    """Main process: whether a cache of ``size`` bytes may be built in ``folder`` (under the cap, with 1 GB
+    of disk left free); the scratch folder of a build that a kill cut short is removed."""
+    shutil.rmtree(folder.with_name(folder.name + ".tmp"), ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder.parent).free
+    if size > max_gb * 1e9:
+        _say(f"teacher feature cache off: its estimated {_gb(size)} exceed task_distill.feature_cache_max_gb="
+             f"{max_gb:g}; raise that key to use it")
+        return False
+    if size + RESERVE_BYTES > free:
+        _say(f"teacher feature cache off: its estimated {_gb(size)} do not fit the free disk ({_gb(free)}, "
+             f"1 GB kept free) under {folder.parent}")
+        return False
+    return True
 
 
 def prepare(ctx, objective, teacher_dir: Path | str, train_set):
@@ -402,40 +431,20 @@ def prepare(ctx, objective, teacher_dir: Path | str, train_set):
     place = placement(train_cfg.mixed_precision)
     key = cache_key(teacher_dir, digest, len(train_set), place.device.type, place.dtype, layout)
     folder = Path(ctx.run_dir) / CACHE_DIR / f"{PREFIX}{key}"
-    tmp = folder.with_name(folder.name + ".tmp")
     dataset = train_set if ID_COLUMN in train_set.column_names else \
         train_set.add_column(ID_COLUMN, np.arange(len(train_set), dtype=np.int64))
     size = layout.size_bytes(lengths)
-    if is_main_process() and (folder / "meta.json").is_file():
-        damage = FeatureCache.damage(folder)
-        if damage:
-            _say(f"teacher feature cache {folder} is damaged ({damage}); building it again")
-            (folder / "meta.json").unlink(missing_ok=True)  # unsealed first, so nobody reads what is left
-            shutil.rmtree(folder, ignore_errors=True)  # (a leftover folder makes sealing the new one fail: cache off)
-    wait_for_everyone()  # every rank sees the same folder
-    reused = (folder / "meta.json").is_file()
-    if is_main_process() and not reused:
-        shutil.rmtree(tmp, ignore_errors=True)  # a build that a kill cut short
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(folder.parent).free
-        if size > t.feature_cache_max_gb * 1e9:
-            _say(f"teacher feature cache off: its estimated {_gb(size)} exceed task_distill.feature_cache_max_gb="
-                 f"{t.feature_cache_max_gb:g}; raise that key to use it")
-        elif size + RESERVE_BYTES > free:
-            _say(f"teacher feature cache off: its estimated {_gb(size)} do not fit the free disk ({_gb(free)}, "
-                 f"1 GB kept free) under {folder.parent}")
-        else:
-            tmp.mkdir()
-    wait_for_everyone()  # the scratch folder exists now iff the main process builds the cache
-    if is_main_process() and tmp.is_dir():
-        blocks = objective.teacher_tap.blocks
-        meta = {"format": FORMAT, "key": key, "examples": len(train_set), "columns": layout.columns,
-                "score_layers": layout.score_layers, "teacher_layers": len(blocks),
-                "teacher_heads": [num_heads(block) for block in blocks]}
-        _build(objective, dataset, layout, folder, lambda d, bs: ctx.loader("train", bs, False, d), place,
-               train_cfg.batch_size, meta, size)
-    elif not is_main_process():
-        wait_for_main((folder / "meta.json").is_file, tmp)
+    reused = False
+    if is_main_process():
+        reused = _usable(folder)
+        if not reused and _room_for(folder, size, t.feature_cache_max_gb):
+            blocks = objective.teacher_tap.blocks
+            meta = {"format": FORMAT, "key": key, "examples": len(train_set), "columns": layout.columns,
+                    "score_layers": layout.score_layers, "teacher_layers": len(blocks),
+                    "teacher_heads": [num_heads(block) for block in blocks]}
+            _build(objective, dataset, layout, folder, lambda d, bs: ctx.loader("train", bs, False, d), place,
+                   train_cfg.batch_size, meta, size)
+    # the folder is sealed, or the cache is off (should the main process fail, the launcher stops every rank)
     wait_for_everyone()
     if not (folder / "meta.json").is_file():
         return train_set

@@ -124,7 +124,6 @@ class DistillObjective:
         self.student_tap = FeatureTap(student, attention=need_attention, logits_of=logits_of, unpad=unpad)
         self.teacher_tap = FeatureTap(teacher, attention=need_attention, logits_of=logits_of, unpad=unpad)
         self.feature_cache = None  # distill.engine.feature_cache: the teacher's features read from disk instead
-        self.logit_sink = None  # distill.engine.logit_cache.LogitSink: keeps the teacher's logits of batches with ids
         self._uncached: frozenset[Match] = frozenset()
         self.relation_heads = {}
         for m in matches:
@@ -223,8 +222,6 @@ class DistillObjective:
         else:
             with torch.no_grad():
                 t = self.teacher_tap(inputs)
-            if self.logit_sink is not None and "example_id" in batch:
-                self.logit_sink.add(batch["example_id"], t.logits, mask)
         s = self.student_tap(inputs, runner=self.trainable)
         total = torch.zeros((), device=mask.device)
         values: list[tuple[Match, torch.Tensor]] = []
@@ -263,14 +260,14 @@ class DistillObjective:
 def with_teacher_logits(teacher: nn.Module, dataset, loader_factory, place: Placement | None = None,
                         kind: TaskKind | None = None):
     """``dataset`` plus a ``teacher_logits`` column: the teacher runs once instead of once per epoch,
-    on ``place``'s device and in its precision (those of the training the logits stand in for).
-    Per-token logits are stored unpadded, one (seq_i, labels) row per example; the collator pads them."""
+    on ``place``'s device and in its precision (those of the training the logits stand in for), and is
+    given back where it was (device, train/eval mode). Per-token logits are stored unpadded, one
+    (seq_i, labels) row per example; the collator pads them."""
     from distill.engine.evaluation import predict_rows
-    from distill.engine.placement import placement
+    from distill.engine.placement import borrowed, placement
 
     place = place or placement("auto")
-    teacher.eval().to(place.device)
-    with place.autocast():
+    with borrowed(teacher, place), place.autocast():
         logits, _ = predict_rows(teacher, loader_factory(dataset), kind or SEQUENCE_CLASSIFICATION)
     return dataset.add_column("teacher_logits", [row.tolist() for row in logits])
 

@@ -8,10 +8,14 @@ the GPU, in the same precision as training.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
-from accelerate import PartialState
+from torch import nn
+
+from distill.base.ranks import process_state
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,4 +46,22 @@ def resolve_precision(mode: str) -> str:
 def placement(mixed_precision: str) -> Placement:
     """The device accelerate gives this process and the autocast dtype of ``mixed_precision``
     (auto | no | bf16 | fp16, resolved as the trainer resolves it)."""
-    return Placement(PartialState().device, AUTOCAST_DTYPES[resolve_precision(mixed_precision)])
+    return Placement(process_state().device, AUTOCAST_DTYPES[resolve_precision(mixed_precision)])
+
+
+@contextlib.contextmanager
+def borrowed(model: nn.Module, place: Placement) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``place``'s device for the block, then given back as it was: on its own
+    device again (a model moved to the GPU and left there fails on the caller's CPU tensors) and with
+    each module's own train/eval mode."""
+    modes = [(module, module.training) for module in model.modules()]
+    home = next(itertools.chain(model.parameters(), model.buffers()), None)
+    home = home.device if home is not None else None
+    model.eval().to(place.device)
+    try:
+        yield model
+    finally:
+        if home is not None:
+            model.to(home)
+        for module, training in modes:
+            module.training = training

@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from distill.engine.fast_dropout import FastBernoulli
 from distill.base.fsutil import begin_replace, commit_replace, recover_folder, scratch_path
 from distill.engine.placement import resolve_precision
-from distill.base.ranks import is_main_process, wait_for_everyone
+from distill.base.ranks import is_main_process, process_group_kwargs, wait_for_everyone
 from distill.engine.tracking import Tracker
 
 
@@ -91,20 +90,33 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def steps_per_epoch(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps in one whole epoch: accelerate steps at the end of each epoch's data even when
+    fewer than ``grad_accum`` batches have accumulated, so every epoch ends on a step of its own."""
+    return math.ceil(batches_per_epoch / cfg.grad_accum)
+
+
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """``max_steps``, or the steps that train every batch of ``epochs`` epochs (a fractional last epoch:
+    its share of the batches, counted up to whole accumulation windows)."""
     if cfg.max_steps > 0:
         return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+    whole = math.floor(cfg.epochs)
+    part_batches = math.ceil(round((cfg.epochs - whole) * batches_per_epoch, 6))  # (0.3 * 10 is 3.0000000000000004)
+    return max(1, whole * steps_per_epoch(cfg, batches_per_epoch) + math.ceil(part_batches / cfg.grad_accum))
 
 
 def fresh_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator with this stage's precision and accumulation. accelerate keeps both in process-wide
     singletons that refuse a second value, so a pipeline whose stages differ would crash at the second
-    stage: the per-stage state is reset first (the process group, PartialState, is kept)."""
+    stage: the per-stage state is reset first (the process group, PartialState, is kept). The process
+    group, when this creates it, gets the long timeout of distill.base.ranks (ranks wait at barriers
+    while the main process runs a teacher pass)."""
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(mixed_precision=resolve_precision(cfg.mixed_precision),
-                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
+                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False,
+                       kwargs_handlers=[process_group_kwargs()])
 
 
 def freeze_unreached(objective: Objective, batch: dict, accelerator: Accelerator) -> list[str]:
@@ -265,69 +277,63 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
                       + f" (best {state['best_score']:.4f} @ {state['best_step']})")
 
     model.train()
-    # CPU dropout masks drawn at ~60% of their cost, the same bits (distill.engine.fast_dropout)
-    masks = FastBernoulli().install(objective.trainable) if accelerator.device.type == "cpu" else None
     bar = tqdm(total=steps, initial=state["step"], desc=desc, dynamic_ncols=True, disable=not accelerator.is_main_process)
     window_terms: dict[str, float] = {}
     window_count, window_examples, window_start = 0, 0, time.perf_counter()
-    try:
-        while state["step"] < steps:
-            # the batch order depends on (seed, epoch) only: set it on the sampler itself, before any skip
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(state["epoch"])
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(state["epoch"])
-            epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"]) \
-                if state["batches_in_epoch"] else loader
-            batches = iter(epoch_loader)
-            if rng_at_checkpoint is not None:  # the first fetch draws the loader's seed, as it did before the kill
-                first = next(batches, None)
-                _set_rng_state(rng_at_checkpoint)
-                rng_at_checkpoint = None
-                batches = itertools.chain([first] if first is not None else [], batches)
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():  # the teacher's forward too, not only the prepared student's
-                        loss, terms = objective(batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state["batches_in_epoch"] += 1
-                window_examples += batch["input_ids"].shape[0]
-                for k, v in {"loss": float(loss.detach()), **terms}.items():
-                    window_terms[k] = window_terms.get(k, 0.0) + v
-                window_count += 1
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                state["step"] += 1
-                bar.update(1)
-                elapsed = time.perf_counter() - window_start
-                if cfg.log_every and (state["step"] % cfg.log_every == 0 or state["step"] == steps):
-                    record = {k: v / window_count for k, v in window_terms.items()}
-                    throughput = window_examples / max(elapsed, 1e-9)
-                    if accelerator.num_processes > 1:  # the logged loss is over all ranks' examples, as in one process
-                        record, throughput = _across_ranks(accelerator, record, throughput)
-                    record.update(lr=scheduler.get_last_lr()[0], examples_per_s=throughput, epoch=state["epoch"])
-                    history.append({"step": state["step"], **record})
-                    if tracker and accelerator.is_main_process:
-                        tracker.log(record, state["step"])
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
-                    window_terms, window_count, window_examples, window_start = {}, 0, 0, time.perf_counter()
-                if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < steps:
-                    run_eval()
-                if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
-                    save_checkpoint()
-                if state["step"] >= steps:
-                    break
-            else:
-                state["epoch"] += 1
-                state["batches_in_epoch"] = 0
-    finally:
-        if masks is not None:
-            masks.remove()
+    while state["step"] < steps:
+        # the batch order depends on (seed, epoch) only: set it on the sampler itself, before any skip
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(state["epoch"])
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(state["epoch"])
+        epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"]) \
+            if state["batches_in_epoch"] else loader
+        batches = iter(epoch_loader)
+        if rng_at_checkpoint is not None:  # the first fetch draws the loader's seed, as it did before the kill
+            first = next(batches, None)
+            _set_rng_state(rng_at_checkpoint)
+            rng_at_checkpoint = None
+            batches = itertools.chain([first] if first is not None else [], batches)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():  # the teacher's forward too, not only the prepared student's
+                    loss, terms = objective(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["batches_in_epoch"] += 1
+            window_examples += batch["input_ids"].shape[0]
+            for k, v in {"loss": float(loss.detach()), **terms}.items():
+                window_terms[k] = window_terms.get(k, 0.0) + v
+            window_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state["step"] += 1
+            bar.update(1)
+            elapsed = time.perf_counter() - window_start
+            if cfg.log_every and (state["step"] % cfg.log_every == 0 or state["step"] == steps):
+                record = {k: v / window_count for k, v in window_terms.items()}
+                throughput = window_examples / max(elapsed, 1e-9)
+                if accelerator.num_processes > 1:  # the logged loss is over all ranks' examples, as in one process
+                    record, throughput = _across_ranks(accelerator, record, throughput)
+                record.update(lr=scheduler.get_last_lr()[0], examples_per_s=throughput, epoch=state["epoch"])
+                history.append({"step": state["step"], **record})
+                if tracker and accelerator.is_main_process:
+                    tracker.log(record, state["step"])
+                bar.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{record['examples_per_s']:.0f}")
+                window_terms, window_count, window_examples, window_start = {}, 0, 0, time.perf_counter()
+            if evaluate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < steps:
+                run_eval()
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
+                save_checkpoint()
+            if state["step"] >= steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
     bar.close()
     if evaluate:
         if state["best_step"] != state["step"]:
