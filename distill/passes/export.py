@@ -12,6 +12,7 @@ import torch
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.base.fsutil import write_text_atomic
 from distill.passes import onnx as onnx_export
+from distill.passes.quiet import quiet_library_output
 from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 CHECK_FILE = "check.json"  # export/check.json: every format of every model, kept or refused
@@ -46,7 +47,8 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
     work.mkdir(parents=True)
     refused: dict[str, dict] = {}
     try:
-        made, build_errors = _build_formats(model, work, formats, check_batches, calibration, kind)
+        with quiet_library_output(log=out_dir / "library-warnings.log"):  # one line per model, not per step
+            made, build_errors = _build_formats(model, work, formats, check_batches, calibration, kind)
         refused.update({variant: {"refused": True, "reason": f"could not be built: {err}"}
                         for variant, err in build_errors.items()})
         checks = {variant: onnx_export.check(variant, reference,
