@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from distill.tasks.squad_features import QAFeatureError, WindowStats, best_spans, eval_features, train_features
+from distill.tasks.squad_features import QAFeatureError, WindowStats, best_spans, window_features
 
 CONTEXT = ("Super Bowl 50 was an American football game to determine the champion of the National Football "
            "League for the 2015 season. The American Football Conference champion Denver Broncos defeated the "
@@ -17,7 +17,7 @@ def _examples(question="Which team won Super Bowl 50?", answer=ANSWER):
 
 def test_answer_positions_decode_to_the_answer_and_other_windows_point_at_cls(tokenizer):
     stats = WindowStats()
-    feats = train_features(_examples(), tokenizer, max_len=40, doc_stride=10, stats=stats)
+    feats = window_features(_examples(), tokenizer, max_len=40, doc_stride=10, stats=stats)
     assert stats.windows == len(feats["input_ids"]) > 3 and stats.multi_window == 1
     hits = [i for i, s in enumerate(feats["start_positions"]) if s > 0]
     assert hits, "some window must contain the answer"
@@ -31,7 +31,7 @@ def test_answer_positions_decode_to_the_answer_and_other_windows_point_at_cls(to
 
 
 def test_windows_overlap_by_doc_stride_and_cover_the_whole_context(tokenizer):
-    feats = eval_features(_examples(), tokenizer, max_len=40, doc_stride=10)
+    feats = window_features(_examples(), tokenizer, max_len=40, doc_stride=10)
     covered = set()
     previous = None
     for offs in feats["offset_mapping"]:
@@ -42,11 +42,11 @@ def test_windows_overlap_by_doc_stride_and_cover_the_whole_context(tokenizer):
         previous = ctx
     full = tokenizer(CONTEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     assert covered == {tuple(o) for o in full}
-    assert set(feats["example_id"]) == {"q1"}
+    assert set(feats["question_id"]) == {"q1"}
 
 
 def test_post_processing_picks_the_best_valid_span_over_all_windows(tokenizer):
-    feats = eval_features(_examples(), tokenizer, max_len=40, doc_stride=10)
+    feats = window_features(_examples(), tokenizer, max_len=40, doc_stride=10)
     start_logits, end_logits = [], []
     target = None
     for i, offs in enumerate(feats["offset_mapping"]):
@@ -63,10 +63,10 @@ def test_post_processing_picks_the_best_valid_span_over_all_windows(tokenizer):
         start_logits.append(s)
         end_logits.append(e)
     assert target is not None
-    preds = best_spans({"q1": CONTEXT}, feats["example_id"], feats["offset_mapping"], start_logits, end_logits)
+    preds = best_spans({"q1": CONTEXT}, feats["question_id"], feats["offset_mapping"], start_logits, end_logits)
     assert preds == {"q1": ANSWER}
     # an answer longer than max_answer_len is refused: nothing valid remains but 1-token spans
-    short = best_spans({"q1": CONTEXT}, feats["example_id"], feats["offset_mapping"], start_logits, end_logits,
+    short = best_spans({"q1": CONTEXT}, feats["question_id"], feats["offset_mapping"], start_logits, end_logits,
                        max_answer_len=1)
     assert short["q1"] != ANSWER
 
@@ -74,20 +74,20 @@ def test_post_processing_picks_the_best_valid_span_over_all_windows(tokenizer):
 def test_long_questions_are_cut_and_an_impossible_budget_is_a_clear_error(tokenizer):
     stats = WindowStats()
     long_q = " ".join(["why"] * 100) + "?"
-    feats = train_features(_examples(question=long_q), tokenizer, max_len=96, doc_stride=16, max_question_len=20,
+    feats = window_features(_examples(question=long_q), tokenizer, max_len=96, doc_stride=16, max_question_len=20,
                            stats=stats)
     assert stats.long_questions == 1 and all(len(x) <= 96 for x in feats["input_ids"])
     with pytest.raises(QAFeatureError, match="task.doc_stride"):
-        train_features(_examples(), tokenizer, max_len=64, doc_stride=60)
+        window_features(_examples(), tokenizer, max_len=64, doc_stride=60)
 
 
 def test_an_answer_longer_than_any_window_is_counted_and_warned(tokenizer):
     stats = WindowStats()
-    train_features(_examples(), tokenizer, max_len=40, doc_stride=10, stats=stats)
+    window_features(_examples(), tokenizer, max_len=40, doc_stride=10, stats=stats)
     assert stats.answer_in_no_window == 0 and "WARNING" not in stats.line("train", 40, 10)
     long_answer = CONTEXT[CONTEXT.index("The American"):]  # two sentences: more tokens than a window's context part
     stats = WindowStats()
-    feats = train_features(_examples(answer=long_answer), tokenizer, max_len=40, doc_stride=10, stats=stats)
+    feats = window_features(_examples(answer=long_answer), tokenizer, max_len=40, doc_stride=10, stats=stats)
     assert set(feats["start_positions"]) == {0}  # every window points at [CLS]
     assert stats.answer_in_no_window == 1
     assert "WARNING 1 answers fit in no window" in stats.line("train", 40, 10)

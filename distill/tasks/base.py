@@ -93,6 +93,12 @@ class TaskKind:
         """Per-example labels of one batch (padding removed where the kind has a sequence axis)."""
         return self.rows(labels, labels, attention_mask)[1]
 
+    def gold(self, batch: dict) -> Any:
+        """What ``rows`` and ``metrics`` score a collated batch against, as ``rows`` takes it: the label array
+        here; extractive QA adds each window's question and context offsets (batch columns)."""
+        labels = batch["labels"]
+        return labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+
     def unflatten(self, flat: np.ndarray, attention_masks: list[np.ndarray]) -> list[np.ndarray]:
         """Inverse of flat_outputs over consecutive batches: per-example rows again."""
         raise NotImplementedError
@@ -109,7 +115,10 @@ class TaskKind:
         """Share of flat_outputs rows on which an exported model predicts what PyTorch predicts."""
         return float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
 
-    def metrics(self, logit_rows, label_rows, metric: str, label_names: list[str] | None) -> dict[str, float]:
+    def metrics(self, logit_rows, label_rows, metric: str, label_names: list[str] | None,
+                examples=None) -> dict[str, float]:
+        """``examples``: the untokenized split the rows come from, for kinds whose metric reads it (QA: contexts
+        and gold answers); the others ignore it."""
         raise NotImplementedError
 
     def check_model_folder(self, architectures: list[str] | None, where: str) -> None:

@@ -3,21 +3,24 @@
 Inside the pipeline a window's logits are one (seq, 2) row, so caching, rows and export checks work as for
 per-token tasks; the kind turns them into the two per-position distributions the losses compare (soft CE
 over the sequence positions of the start and of the end, padding excluded, averaged: the DistilBERT /
-TextBrewer recipe). Labels of a window are ``[start_position, end_position, window_index]``: the window
-index points into the kind's record of every tokenized window (which question, its context offsets), so
-the metric can pick the best span over all windows of a question and score EM/F1 against the gold texts.
-One QuestionAnswering instance belongs to one task (``TaskData.kind``); it learns its windows in ``tokenize``.
+TextBrewer recipe). Labels of a window are what the model trains on, ``[start_position, end_position]``.
+What the metric needs travels as columns of the tokenized split, as in Hugging Face's QA post-processing:
+``question_id`` and ``offset_mapping`` (each token's character span in the context, -1 outside it). A batch
+carries them (``QACollator``), ``gold`` turns them into one ``QAWindow`` per window, and the metric picks the
+best span over every window of a question and scores EM/F1 against the untokenized split's gold texts. The
+kind holds no state: any process, any order of windows, any instance with the same settings scores the same.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from datasets import Array2D
 
 from distill.tasks.base import TaskKind, TaskKindError
-from distill.tasks.squad_features import WindowStats, best_spans, check_budget, window_features
+from distill.tasks.squad_features import NO_OFFSET, WindowStats, best_spans, check_budget, window_features
 from distill.tasks.squad_metric import squad_scores
 from distill.tasks.token_classification import left_padded, pad_rows
 
@@ -27,7 +30,18 @@ NEG = -1e4  # logit given to padding positions: exp() underflows to 0, log-probs
 # INT8 noise without changing the answer's score (measured: 64% exact argmax agreement, F1 10.22 -> 10.05)
 TIE_LOGITS = 1.0
 MAX_POSITIONS = 512  # export checks compare windows padded to BERT's longest sequence
-WINDOW = 2  # index of the window index inside a label row [start, end, window]
+# the columns a scored split carries beside the model's: each window's question and its tokens' context offsets.
+# Not "example_id": the engine already uses that name for a training set's row index (feature and logit caches).
+WINDOW_COLUMNS = ("question_id", "offset_mapping")
+# offsets as a (seq, 2) int32 array column, -1 outside the context instead of HF's None: a None-holed list is
+# turned into one tensor per token by the torch formatter (measured 5 ms a window, 0.45 ms as an array)
+OFFSETS = Array2D((None, 2), "int32")
+
+
+class QAWindow(NamedTuple):
+    """What the metric needs of one window (a row of ``QuestionAnswering.gold``)."""
+    question_id: str  # the question's ``id`` in the untokenized split
+    offsets: np.ndarray  # (seq_i, 2) context character span of each real token, NO_OFFSET outside the context
 
 
 def position_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -39,8 +53,9 @@ def position_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch
 
 
 class QACollator:
-    """Pads inputs with the tokenizer; labels stay (batch, 3); cached teacher logits (seq, 2) padded with 0
-    (the losses mask padding anyway)."""
+    """Pads inputs with the tokenizer; labels stay (batch, 2); cached teacher logits (seq, 2) padded with 0
+    (the losses mask padding anyway); a scored split's ``offset_mapping`` padded with -1 to (batch, seq, 2) and
+    its ``question_id`` kept as a list of strings."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -49,13 +64,19 @@ class QACollator:
         features = [dict(f) for f in features]
         labels = [f.pop("labels") for f in features] if "labels" in features[0] else None
         teacher = [f.pop("teacher_logits") for f in features] if "teacher_logits" in features[0] else None
+        windows = {c: [f.pop(c) for f in features] for c in WINDOW_COLUMNS if c in features[0]}
         batch = self.tokenizer.pad(features, return_tensors="pt")
+        left = self.tokenizer.padding_side == "left"
         if labels is not None:
-            batch["labels"] = torch.stack([torch.as_tensor(x, dtype=torch.long) for x in labels])  # (batch, 3)
+            batch["labels"] = torch.stack([torch.as_tensor(x, dtype=torch.long) for x in labels])  # (batch, 2)
         if teacher is not None:
-            left = self.tokenizer.padding_side == "left"
             batch["teacher_logits"] = pad_rows(teacher, batch["input_ids"].shape[1], left, 0.0, (2,),
                                                torch.float32)  # (batch, seq, 2)
+        if "offset_mapping" in windows:
+            batch["offset_mapping"] = pad_rows(windows["offset_mapping"], batch["input_ids"].shape[1], left,
+                                               NO_OFFSET[0], (2,), torch.long)  # (batch, seq, 2)
+        if "question_id" in windows:
+            batch["question_id"] = [str(q) for q in windows["question_id"]]
         return batch
 
 
@@ -71,9 +92,6 @@ class QuestionAnswering(TaskKind):
     max_question_len: int = 64  # longer questions are cut to this many tokens
     n_best: int = 20  # start and end candidates per window in post-processing
     max_answer_len: int = 30  # longest answer span in tokens
-    # filled by tokenize(): per split, the questions' contexts and gold texts; per window, (split, row, offsets)
-    examples: dict = field(default_factory=dict, compare=False, repr=False)
-    windows: list = field(default_factory=list, compare=False, repr=False)
 
     output_names = ("start_logits", "end_logits")
 
@@ -92,9 +110,6 @@ class QuestionAnswering(TaskKind):
     def head_config(self, label_names):
         return {"num_labels": 2}  # start and end
 
-    def check_label_names(self, model_labels, data_labels, where) -> None:
-        """A QA head always predicts a start and an end: nothing to compare."""
-
     # ---- outputs -------------------------------------------------------------------------------------
     def join_outputs(self, outputs: list):
         start, end = outputs
@@ -108,27 +123,21 @@ class QuestionAnswering(TaskKind):
 
     # ---- features ----------------------------------------------------------------------------------
     def tokenize(self, dataset, tokenizer, max_len: int, split: str = ""):
-        """Windows of every question; labels [start, end, window index]; the windows are recorded here."""
-        key = f"{split or 'split'}#{len(self.examples)}"
+        """Windows of every question: the model's inputs, ``length`` and ``labels`` [start, end]; every split but
+        train also gets ``question_id`` and ``offset_mapping`` (WINDOW_COLUMNS), what the metric reads from a
+        batch. Nothing scores the train split, so its windows carry labels only (as HF's prepare_train_features
+        does), and a training batch stays all tensors. The map function is module-level: ``datasets`` hashes
+        only these settings and the tokenizer, never earlier splits."""
+        scored = split != "train"
+        if scored:
+            _check_unique_ids(dataset["id"], split)
         stats = WindowStats()
-
-        def encode(batch: dict, indices: list[int]) -> dict:
-            out = window_features(batch, tokenizer, max_len, self.doc_stride, self.max_question_len, stats)
-            out["example_index"] = [indices[i] for i in out["example_index"]]
-            out.pop("example_id")
-            return out
-
-        out = dataset.map(encode, batched=True, with_indices=True, remove_columns=dataset.column_names,
-                          desc="tokenize", load_from_cache_file=False)
+        out = dataset.map(_window_columns, batched=True, remove_columns=dataset.column_names, desc="tokenize",
+                          load_from_cache_file=False,
+                          fn_kwargs={"tokenizer": tokenizer, "max_len": max_len, "doc_stride": self.doc_stride,
+                                     "max_question_len": self.max_question_len, "scored": scored, "stats": stats})
         print(stats.line(split or "split", max_len, self.doc_stride))
-        self.examples[key] = {"contexts": list(dataset["context"]),
-                              "answers": [list(a["text"]) for a in dataset["answers"]]}
-        first = len(self.windows)
-        for row, offsets in zip(out["example_index"], out["offset_mapping"]):
-            self.windows.append((key, int(row), np.asarray(offsets, dtype=np.int32)))  # (seq, 2)
-        labels = [[s, e, first + i] for i, (s, e) in enumerate(zip(out["start_positions"], out["end_positions"]))]
-        out = out.remove_columns(["offset_mapping", "example_index", "start_positions", "end_positions"])
-        return out.add_column("labels", labels)
+        return out.cast_column("offset_mapping", OFFSETS) if scored else out
 
     def collator(self, tokenizer):
         return QACollator(tokenizer)
@@ -163,11 +172,25 @@ class QuestionAnswering(TaskKind):
             raise TaskKindError(str(err)) from None
 
     # ---- predictions and metrics ---------------------------------------------------------------------
+    def gold(self, batch) -> list:
+        """Each window's QAWindow (question id, offsets of its real tokens) when the batch carries the
+        WINDOW_COLUMNS; else its [start, end] labels, which train but cannot be scored."""
+        if not all(c in batch for c in WINDOW_COLUMNS):
+            return super().gold(batch)
+        mask = np.asarray(batch["attention_mask"])
+        offsets = np.asarray(batch["offset_mapping"])  # (batch, seq, 2)
+        return [QAWindow(q, offs) for q, offs in zip(batch["question_id"], self.rows(offsets, None, mask)[0])]
+
     def rows(self, logits, labels, attention_mask):
+        """(seq_i, 2) logits of each window's real tokens; ``labels`` (a (batch, 2) array or the QAWindow rows
+        of ``gold``) one row per window."""
         lengths = attention_mask.sum(-1)
         starts = attention_mask.shape[1] - lengths if left_padded(attention_mask) else np.zeros_like(lengths)
         logit_rows = [logits[i, starts[i]:starts[i] + lengths[i]] for i in range(len(logits))]  # (seq_i, 2)
         return logit_rows, list(labels) if labels is not None else []
+
+    def label_rows(self, labels, attention_mask) -> list:
+        return list(labels)
 
     def flat_outputs(self, logits, attention_mask):
         """(2 * windows, 512): each window's start row and end row, padding and unused positions at NEG."""
@@ -192,45 +215,80 @@ class QuestionAnswering(TaskKind):
         picked = np.take_along_axis(reference, candidate.argmax(-1)[:, None], axis=-1)[:, 0]
         return float(np.mean(picked >= reference.max(-1) - TIE_LOGITS))
 
-    def answers(self, logit_rows, label_rows) -> dict[str, dict[int, str]]:
-        """Predicted answer text per split and question row: the best span over all of its windows."""
-        grouped: dict[str, list] = defaultdict(list)
-        for logits, label in zip(logit_rows, label_rows):
-            index = int(np.asarray(label)[WINDOW])
-            if not 0 <= index < len(self.windows):
-                raise TaskKindError(f"window {index} was not tokenized by this task kind; evaluate with the "
-                                    "task's own tokenized splits")
-            key, row, offsets = self.windows[index]
-            logits = np.asarray(logits)
-            if len(logits) != len(offsets):
-                raise TaskKindError(f"window {index}: {len(logits)} logits for {len(offsets)} tokens")
-            grouped[key].append((row, offsets, logits))
-        out = {}
-        for key, items in grouped.items():
-            contexts = self.examples[key]["contexts"]
-            rows = [r for r, _, _ in items]
-            out[key] = best_spans({r: contexts[r] for r in rows}, rows, [o.tolist() for _, o, _ in items],
-                                  [lg[:, 0] for _, _, lg in items], [lg[:, 1] for _, _, lg in items],
-                                  self.n_best, self.max_answer_len)
-        return out
+    def answers(self, logit_rows, label_rows, examples) -> dict[str, str]:
+        """Predicted answer text per question id, for the questions with a window in the rows: the best span
+        over all of their windows. ``label_rows``: QAWindow rows (``gold``); ``examples``: the untokenized split
+        the windows come from (a Dataset or dict with columns id and context)."""
+        return self._answers(logit_rows, _scored_windows(label_rows), _by_id(examples, "context"))
 
-    def metrics(self, logit_rows, label_rows, metric, label_names) -> dict[str, float]:
+    def metrics(self, logit_rows, label_rows, metric, label_names, examples=None) -> dict[str, float]:
         """SQuAD v1.1 EM and F1 over the questions with at least one window in the rows, as fractions like
-        every other metric here (the SQuAD leaderboard's percentages / 100)."""
+        every other metric here (the SQuAD leaderboard's percentages / 100). ``label_rows``: the QAWindow rows
+        of ``gold``; ``examples``: the untokenized split (id, context, answers)."""
         if not label_rows:
-            raise TaskKindError("question answering metrics need the windows' labels (window index)")
-        em = f1 = 0.0
-        n = 0
-        for key, predictions in self.answers(logit_rows, label_rows).items():
-            gold = {r: self.examples[key]["answers"][r] for r in predictions}
-            scores = squad_scores(predictions, gold)
-            em += scores["exact_match"] * len(gold)
-            f1 += scores["f1"] * len(gold)
-            n += len(gold)
-        return {"exact_match": em / n / 100.0, "f1": f1 / n / 100.0, "score": f1 / n / 100.0}
+            raise TaskKindError("question answering metrics need the windows' gold rows (kind.gold(batch))")
+        windows = _scored_windows(label_rows)
+        contexts, answers = _by_id(examples, "context", "answers")
+        predictions = self._answers(logit_rows, windows, contexts)
+        scores = squad_scores(predictions, {q: list(answers[q]["text"]) for q in predictions})
+        return {"exact_match": scores["exact_match"] / 100.0, "f1": scores["f1"] / 100.0,
+                "score": scores["f1"] / 100.0}
+
+    def _answers(self, logit_rows, windows: list[QAWindow], contexts: dict[str, str]) -> dict[str, str]:
+        for w, logits in zip(windows, logit_rows):
+            if w.question_id not in contexts:
+                raise TaskKindError(f"question {w.question_id!r} of a window is not in the examples given; pass the "
+                                    "untokenized split the windows were tokenized from")
+            if len(logits) != len(w.offsets):
+                raise TaskKindError(f"question {w.question_id!r}: {len(logits)} logits for a window of "
+                                    f"{len(w.offsets)} tokens")
+        asked = {w.question_id: contexts[w.question_id] for w in windows}  # first-seen order
+        return best_spans(asked, [w.question_id for w in windows], [w.offsets for w in windows],
+                          [np.asarray(lg)[:, 0] for lg in logit_rows], [np.asarray(lg)[:, 1] for lg in logit_rows],
+                          self.n_best, self.max_answer_len)
 
 
-QUESTION_ANSWERING = QuestionAnswering()  # the kind of QA model folders; a task gets its own instance
+def _window_columns(batch: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int, scored: bool,
+                    stats: WindowStats) -> dict:
+    """Batched ``datasets.map`` function of ``QuestionAnswering.tokenize`` (module-level: it closes over nothing)."""
+    out = window_features(batch, tokenizer, max_len, doc_stride, max_question_len, stats)
+    out["labels"] = [[s, e] for s, e in zip(out.pop("start_positions"), out.pop("end_positions"))]
+    if not scored:
+        for column in WINDOW_COLUMNS:
+            out.pop(column)
+    return out
+
+
+def _check_unique_ids(ids, split: str) -> None:
+    seen = set()
+    for qid in ids:
+        if qid in seen:
+            raise TaskKindError(f"question id {qid!r} appears twice in the {split or 'given'} split; the metric "
+                                "finds a window's question by its id, so ids must be unique within a split")
+        seen.add(qid)
+
+
+def _scored_windows(label_rows) -> list[QAWindow]:
+    rows = list(label_rows)
+    if not all(isinstance(r, QAWindow) for r in rows):
+        raise TaskKindError("question answering metrics need each window's question_id and offset_mapping: take the "
+                            "gold rows with kind.gold(batch) from a loader that keeps those columns (not the "
+                            "[start, end] labels, and not the train split, which carries neither)")
+    return rows
+
+
+def _by_id(examples, *columns: str):
+    """{question id: value} of each of ``columns`` of the untokenized split (a Dataset or a dict of columns)."""
+    if examples is None:
+        raise TaskKindError("question answering metrics need the untokenized split the windows come from (its "
+                            "contexts and gold answers): pass examples=<that split>")
+    ids = list(examples["id"])
+    _check_unique_ids(ids, "")
+    tables = tuple(dict(zip(ids, examples[c])) for c in columns)
+    return tables[0] if len(tables) == 1 else tables
+
+
+QUESTION_ANSWERING = QuestionAnswering()  # the kind of QA model folders; a task's has its own settings
 
 
 @torch.no_grad()
@@ -248,6 +306,6 @@ def answer_questions(model, tokenizer, questions: list[str], contexts: list[str]
     out = model.eval()(**{k: v.to(device) for k, v in batch.items()})
     logits, _ = QUESTION_ANSWERING.rows(QUESTION_ANSWERING.logits(out).float().cpu().numpy(), None,
                                         batch["attention_mask"].numpy())  # (seq_i, 2) per window
-    found = best_spans(dict(zip(examples["id"], examples["context"])), enc["example_id"], enc["offset_mapping"],
+    found = best_spans(dict(zip(examples["id"], examples["context"])), enc["question_id"], enc["offset_mapping"],
                        [lg[:, 0] for lg in logits], [lg[:, 1] for lg in logits], n_best, max_answer_len)
     return [found[i] for i in examples["id"]]

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distill.tasks.base import TaskKind
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class SequenceClassification(TaskKind):
     def unflatten(self, flat, attention_masks):
         return list(flat)
 
-    def metrics(self, logit_rows, label_rows, metric, label_names):
+    def metrics(self, logit_rows, label_rows, metric, label_names, examples=None):
         from distill.tasks.metrics import compute_metrics
 
         return compute_metrics(self.collect(list(logit_rows)), self.collect(list(label_rows)), metric)

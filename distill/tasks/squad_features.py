@@ -1,6 +1,6 @@
 """Extractive QA features as the field builds them, and the way back from logits to answer text.
 
-Features: question + context in one sequence, the context cut into overlapping windows of
+Features (``window_features``): question + context in one sequence, the context cut into overlapping windows of
 ``max_len`` tokens (``doc_stride`` tokens shared by consecutive windows), with the offset mapping kept
 for the context tokens. Training windows carry the answer's token start/end, or point at [CLS]
 (position 0) when the answer is not wholly inside the window.
@@ -107,28 +107,10 @@ def _answer_span(offsets, seq: list, context_id: int, answers: dict) -> tuple[in
     return s, e
 
 
-def train_features(examples: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int = 64,
-                   stats: WindowStats | None = None) -> dict:
-    """Batched ``datasets.map`` function: windows with ``start_positions``/``end_positions``."""
-    enc = window_features(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
-    for key in ("offset_mapping", "example_id", "example_index"):
-        enc.pop(key, None)
-    return enc
-
-
-def eval_features(examples: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int = 64,
-                  stats: WindowStats | None = None) -> dict:
-    """Batched ``datasets.map`` function: windows with ``example_id`` and context-only offsets."""
-    enc = window_features(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
-    for key in ("start_positions", "end_positions", "example_index"):
-        enc.pop(key, None)
-    return enc
-
-
 def window_features(examples: dict, tokenizer, max_len: int, doc_stride: int, max_question_len: int = 64,
                     stats: WindowStats | None = None) -> dict:
-    """Both at once (one tokenization): start/end positions (where ``answers`` are given), the
-    question's ``example_id`` and row ``example_index`` in the batch, and context-only offsets."""
+    """A batch of questions as windows: start/end positions (where ``answers`` are given), each window's
+    ``question_id`` and ``offset_mapping`` (the context character span of each token, NO_OFFSET elsewhere)."""
     stats = stats if stats is not None else WindowStats()
     enc, sample, context_id = _windows(examples, tokenizer, max_len, doc_stride, max_question_len, stats)
     starts, ends, ids, offsets_out = [], [], [], []
@@ -150,8 +132,7 @@ def window_features(examples: dict, tokenizer, max_len: int, doc_stride: int, ma
         stats.answer_in_no_window += len(set(int(x) for x in sample) - answered)
         out["start_positions"], out["end_positions"] = starts, ends
     out["offset_mapping"] = offsets_out
-    out["example_id"] = ids
-    out["example_index"] = [int(s) for s in sample]
+    out["question_id"] = ids
     out["length"] = [len(x) for x in enc["input_ids"]]
     return out
 

@@ -186,7 +186,7 @@ class TokenClassification(TaskKind):
         lengths = np.concatenate([m.sum(-1) for m in attention_masks]).astype(int)
         return np.split(flat, np.cumsum(lengths)[:-1])
 
-    def metrics(self, logit_rows, label_rows, metric, label_names):
+    def metrics(self, logit_rows, label_rows, metric, label_names, examples=None):
         from distill.tasks.metrics import entity_metrics
 
         if not label_names:
