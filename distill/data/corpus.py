@@ -65,10 +65,6 @@ def iter_wiki_paragraphs(path: Path) -> Iterator[str]:
                 element.clear()
 
 
-def wiki_paragraphs(path: Path) -> list[str]:
-    return list(iter_wiki_paragraphs(path))
-
-
 def text_files(path: Path) -> list[Path]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".text", "")) \
         if path.is_dir() else [path]

@@ -7,7 +7,6 @@ task's metric. Local labels: the classes are the values present, named as they a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

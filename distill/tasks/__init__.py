@@ -17,13 +17,7 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in (SEQUENCE_CLASSIFICATION, TOKEN
                                                   QUESTION_ANSWERING)}
 
 __all__ = ["KINDS", "QUESTION_ANSWERING", "SEQUENCE_CLASSIFICATION", "TOKEN_CLASSIFICATION", "QuestionAnswering",
-           "TaskKind", "TaskKindError", "get_kind", "kind_of_folder"]
-
-
-def get_kind(name: str) -> TaskKind:
-    if name not in KINDS:
-        raise TaskKindError(f"unknown task kind {name!r}; choose one of {sorted(KINDS)}")
-    return KINDS[name]
+           "TaskKind", "TaskKindError", "kind_of_folder"]
 
 
 def kind_of_folder(folder: str | Path) -> TaskKind:
