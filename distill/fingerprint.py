@@ -8,6 +8,7 @@ bookkeeping, never the result (``stage_value``).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 # eval_every stays in: it decides which checkpoint is kept as the best model.
 NO_EFFECT_KEYS = ("save_every", "log_every")
 
-_DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _CORPUS_SUFFIXES = (".txt", ".text", "")  # what corpus.text_file_paragraphs reads from a folder
 
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> content digest, per process
@@ -46,15 +46,22 @@ def file_digest(path: Path) -> str:
     return _FILE_DIGESTS[key]
 
 
-def path_digest(path: Path, suffixes: tuple[str, ...] | None = None, recursive: bool = False) -> str:
-    """Digest of a file, or of a folder's files (names and contents; hidden files and, unless
-    ``recursive``, subfolders left out; only ``suffixes`` when given). Copies and moves keep it."""
+def path_digest(path: Path, suffixes: tuple[str, ...] | None = None, recursive: bool = False,
+                exclude: Path | None = None) -> str:
+    """Digest of a file, or of a folder's files (names and contents; hidden files and folders, ``exclude``
+    (the run outputs, should a data folder hold them) and, unless ``recursive``, subfolders left out; only
+    ``suffixes`` when given). Copies and moves keep it."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)[:16]
-    candidates = path.rglob("*") if recursive else path.iterdir()
-    files = sorted(p for p in candidates if p.is_file() and not any(part.startswith(".") for part in
-                   p.relative_to(path).parts) and (suffixes is None or p.suffix.lower() in suffixes))
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files = []
+    for root, folders, names in os.walk(path):
+        here = Path(root)
+        folders[:] = [f for f in folders if recursive and not f.startswith(".") and (here / f).resolve() != skip]
+        files += [here / n for n in names if not n.startswith(".") and (here / n).is_file()
+                  and (suffixes is None or Path(n).suffix.lower() in suffixes)]
+    files.sort()
     total = hashlib.sha1()
     for file in files:
         total.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
@@ -73,13 +80,15 @@ def _model_path(name: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _task_path(name: str) -> tuple[Path, tuple[str, ...] | None] | None:
+def _task_path(name: str) -> Path | None:
+    """The task file or folder; a folder is hashed whole (every non-hidden file, subfolders too): the loaders
+    read .csv/.tsv/.jsonl/.json/.parquet tables, CoNLL .conll/.txt/.iob files and saved DatasetDict folders."""
     from distill.base import assets
 
     if name == "rotten_tomatoes":
-        return assets.rotten_tomatoes_csv(), None
-    path = Path(name).expanduser()
-    return (path, _DATA_SUFFIXES) if path.exists() else None
+        return assets.rotten_tomatoes_csv()
+    path = Path(name.removeprefix("hub:")).expanduser()  # hub:<folder> loads a local copy of a hub dataset
+    return path if path.exists() else None
 
 
 def _corpus_path(name: str) -> Path | None:
@@ -100,8 +109,8 @@ def _local_input(key: str, value: str) -> tuple[Path, tuple[str, ...] | None, bo
         path = _model_path(value) if value not in ("random", "teacher") else None
         return (path, None, False) if path else None
     if key in ("task.name", "task.data_dir"):
-        found = _task_path(value) if value else None
-        return (found[0], found[1], False) if found else None
+        path = _task_path(value) if value else None
+        return (path, None, True) if path else None
     if key == "general.corpus":
         path = _corpus_path(value)
         return (path, _CORPUS_SUFFIXES, True) if path else None
@@ -110,7 +119,8 @@ def _local_input(key: str, value: str) -> tuple[Path, tuple[str, ...] | None, bo
 
 def input_digests(cfg: Any, *keys: str) -> dict[str, str]:
     """{config key: digest of the local file or folder it names} for those ``keys`` that name one;
-    hub names, 'random' and empty values name nothing local and are covered by their config value."""
+    hub names, 'random' and empty values name nothing local and are covered by their config value. The
+    run outputs (``output_dir``) are never part of an input, wherever they sit."""
     out = {}
     for key in keys:
         value: Any = cfg
@@ -118,5 +128,5 @@ def input_digests(cfg: Any, *keys: str) -> dict[str, str]:
             value = getattr(value, part)
         found = _local_input(key, value)
         if found is not None:
-            out[key] = path_digest(*found)
+            out[key] = path_digest(*found, exclude=getattr(cfg, "output_dir", None))
     return out

@@ -50,19 +50,22 @@ def tiny_mlm_teacher_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture()
 def task_folder(tmp_path):
-    """A local task with string labels, split into train/dev/test files."""
+    """A local task with string labels, split into train/dev/test files, in a folder of its own: every file of a
+    task folder is part of the stages' fingerprints, so a test's corpus or run outputs must not sit in it."""
     import pandas as pd
 
+    folder = tmp_path / "task"
+    folder.mkdir()
     rows = []
     for i in range(60):
         good = i % 3 != 0
         rows.append({"text": f"{'a wonderful' if good else 'a dreadful'} film number {i}",
                      "label": "pos" if good else "neg"})
     frame = pd.DataFrame(rows)
-    frame.iloc[:40].to_csv(tmp_path / "train.csv", index=False)
-    frame.iloc[40:50].to_csv(tmp_path / "dev.csv", index=False)
-    frame.iloc[50:].to_json(tmp_path / "test.jsonl", orient="records", lines=True)
-    return tmp_path
+    frame.iloc[:40].to_csv(folder / "train.csv", index=False)
+    frame.iloc[40:50].to_csv(folder / "dev.csv", index=False)
+    frame.iloc[50:].to_json(folder / "test.jsonl", orient="records", lines=True)
+    return folder
 
 
 @pytest.fixture(scope="session")
