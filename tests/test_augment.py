@@ -32,3 +32,41 @@ def test_whole_word_candidates_exclude_pieces_and_specials(tokenizer):
     toks = tokenizer.convert_ids_to_tokens(ids.tolist())
     assert "[CLS]" not in toks and not any(t.startswith("##") for t in toks)
     assert len(ids) > 15000 and np.all(np.diff(ids) > 0)
+
+
+def _model_folder(folder, weights: bytes):
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text('{"architectures": ["BertForMaskedLM"]}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def _ctx(tmp_path, *overrides):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from distill.config import load_config
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "task_distill.augment.enabled=true", *overrides])
+    train = Dataset.from_dict({"input_ids": [[101, 2204, 102]], "labels": [1]})
+    return SimpleNamespace(cfg=cfg, tokenized={"train": train})
+
+
+def test_augment_cache_key_follows_the_weights_of_the_model_that_makes_the_copies(tmp_path):
+    from distill.data.augment import cache_key
+
+    teacher = _model_folder(tmp_path / "teacher", b"first weights")
+    ctx = _ctx(tmp_path, "task_distill.augment.method=embedding")
+    before = cache_key(ctx, teacher)
+    assert cache_key(ctx, teacher) == before
+    _model_folder(teacher, b"weights retrained in place")  # same path, other weights
+    assert cache_key(ctx, teacher) != before
+
+    mlm = _model_folder(tmp_path / "mlm", b"mlm weights")
+    ctx = _ctx(tmp_path, "task_distill.augment.method=mlm", f"task_distill.augment.mlm_model={mlm}")
+    with_mlm = cache_key(ctx, teacher)
+    _model_folder(teacher, b"the fine-tuned teacher again, retrained")
+    assert cache_key(ctx, teacher) == with_mlm  # method=mlm with mlm_model set never reads the teacher
+    _model_folder(mlm, b"another masked-LM checkpoint")
+    assert cache_key(ctx, teacher) != with_mlm

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 
 from distill.base.fsutil import replace_folder
+from distill.engine.logit_cache import weights_stamp
 from distill.engine.placement import placement
 from distill.base.ranks import is_main_process
 
@@ -130,12 +131,38 @@ def _augment_mlm(rows: list[list[Word]], ctx, mlm_name: str, rng: np.random.Gene
     return out
 
 
+def _mlm_name(ctx) -> str:
+    return ctx.cfg.task_distill.augment.mlm_model or ctx.cfg.teacher.name  # the pretrained teacher's own MLM head
+
+
+def source_model(ctx, teacher_dir: Path) -> str:
+    """The model whose weights make the copies: method=mlm, the MLM (``augment.mlm_model``, else the pretrained
+    ``teacher.name``); method=embedding, the fine-tuned teacher's input embeddings (``teacher_dir``)."""
+    return _mlm_name(ctx) if ctx.cfg.task_distill.augment.method == "mlm" else str(teacher_dir)
+
+
+def weights_key(name: str) -> list:
+    """What identifies the weights ``name`` loads: the weights stamp of its folder (a local or embedded folder,
+    or the hub cache's snapshot of a hub name, named by its commit); a hub name not in the cache, itself."""
+    from teachers.load import resolve_teacher_path
+
+    path = Path(resolve_teacher_path(name))
+    if not path.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if not isinstance(cached, str):
+            return [name]
+        path = Path(cached).parent  # .../snapshots/<commit>/
+        return [name, path.name, weights_stamp(path)]
+    return weights_stamp(path)
+
+
 def mlm_source(ctx) -> str:
     """The MLM model for method=mlm; raises before any work when there is none."""
     from teachers.load import has_mlm_head
 
-    aug = ctx.cfg.task_distill.augment
-    name = aug.mlm_model or ctx.cfg.teacher.name
+    name = _mlm_name(ctx)
     if not has_mlm_head(name):
         raise ValueError(f"task_distill.augment.method=mlm needs an MLM head but {name!r} has none; set "
                          "task_distill.augment.mlm_model to a masked-LM checkpoint or use augment.method=embedding")
@@ -143,11 +170,12 @@ def mlm_source(ctx) -> str:
 
 
 def cache_key(ctx, teacher_dir: Path) -> str:
+    """Everything that shapes the copies, the weights of the model that makes them included (not its path: a
+    teacher retrained in place makes other copies)."""
     aug = ctx.cfg.task_distill.augment
     train = ctx.tokenized["train"]
     parts = {"augment": vars(aug), "task": vars(ctx.cfg.task), "seed": ctx.cfg.seed, "n": len(train),
-             "fingerprint": train._fingerprint, "source": aug.mlm_model or str(teacher_dir) if aug.method == "mlm"
-             else str(teacher_dir)}
+             "fingerprint": train._fingerprint, "weights": weights_key(source_model(ctx, teacher_dir))}
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
