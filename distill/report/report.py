@@ -26,25 +26,37 @@ def _other_metrics(row: dict) -> str:
                      if row["score"] is None or abs(v - row["score"]) > 1e-12)
 
 
+def device_of(row: dict) -> str:
+    """Where a bench row ran ('cpu (16 threads)', 'cuda: NVIDIA H200'); rows measured before the bench
+    recorded it ran on the CPU, with threads unknown."""
+    return row.get("device") or "cpu (threads not recorded)"
+
+
+def on_gpu(row: dict) -> bool:
+    return device_of(row).startswith("cuda")
+
+
 def _table(rows: list[dict], teacher: dict | None) -> list[str]:
     """One line per artifact. 'speed-up' is against the PyTorch teacher (runtime and distillation together);
-    'same runtime' against the teacher exported to that artifact's runtime (what distillation alone buys)."""
+    'same runtime' against the teacher exported to that artifact's runtime on the same device (what
+    distillation alone buys). The last column is the device the row ran on."""
     others = [_other_metrics(r) for r in rows]
     extra = any(others)  # a column for the task's other test metrics (QA: exact match beside F1)
     head = ("| artifact | runtime | test score | " + ("other test metrics | " if extra else "") + "vs teacher | "
             "p50 ms (b1, s128) | p95 ms | p50 ms (real lengths) | "
-            "ex/s (b32, s128) | ex/s (b32, real) | speed-up | same runtime | size MB | params | GFLOPs@128 |")
-    lines = [head, "|" + "---|" * (14 + extra)]
-    teachers = {r["runtime"]: r for r in rows if r["name"] == "teacher"}
+            "ex/s (b32, s128) | ex/s (b32, real) | speed-up | same runtime | size MB | params | GFLOPs@128 | device |")
+    lines = [head, "|" + "---|" * (15 + extra)]
+    teachers = {(r["runtime"], device_of(r)): r for r in rows if r["name"] == "teacher"}
     for r, other in zip(rows, others):
         rel = f"{r['score'] / teacher['score']:.1%}" if teacher and teacher["score"] else ""
         speed = f"{teacher['p50_ms'] / r['p50_ms']:.1f}x" if teacher else ""
-        same = teachers.get(r["runtime"])
+        same = teachers.get((r["runtime"], device_of(r)))
         same_speed = f"{same['p50_ms'] / r['p50_ms']:.1f}x" if same and r["name"] != "teacher" else ""
         lines.append(f"| {r['name']} | {r['runtime']} | {r['score']:.4f} | " + (f"{other} | " if extra else "")
                      + f"{rel} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p50_ms_real']:.1f} | {r['throughput_b32']:.0f} | {r['throughput_b32_real']:.0f} | {speed} | "
-                     f"{same_speed} | {r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} |")
+                     f"{same_speed} | {r['size_mb']:.1f} | {r['params'] / 1e6:.1f}M | {r['flops_128'] / 1e9:.2f} | "
+                     f"{device_of(r)} |")
     return lines
 
 
@@ -75,17 +87,26 @@ def runtime_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+MARKERS = {False: "o", True: "s"}  # pareto plot: CPU rows are circles, GPU rows squares
+
+
 def pareto_plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     biggest = max(r["size_mb"] for r in rows)
     for r in rows:
-        ax.scatter(r["p50_ms"], r["score"], s=40 + 900 * r["size_mb"] / biggest, alpha=0.6)
+        ax.scatter(r["p50_ms"], r["score"], s=40 + 900 * r["size_mb"] / biggest, alpha=0.6, marker=MARKERS[on_gpu(r)])
         ax.annotate(f"{r['name']} ({r['runtime'].replace('onnxruntime-', 'ort ')})", (r["p50_ms"], r["score"]),
                     fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50, batch 1, seq 128 (ms, log scale)")
     ax.set_ylabel(f"test {rows[0]['metric']}")
-    ax.set_title("accuracy vs latency (marker area = size on disk)")
+    gpu = any(on_gpu(r) for r in rows)
+    ax.set_title("accuracy vs latency (marker area = size on disk" + ("; circles CPU, squares GPU)" if gpu else ")"))
+    if gpu:
+        from matplotlib.lines import Line2D
+
+        ax.legend(handles=[Line2D([], [], marker=MARKERS[g], ls="", color="grey", label=label)
+                           for g, label in ((False, "CPU"), (True, "GPU"))], fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -2,10 +2,16 @@
 split, latency p50/p95 at batch 1, throughput at batch 32, size on disk, parameters, FLOPs.
 
 Threads are fixed (torch and ONNX Runtime alike) and every model is warmed up before it is timed.
+Every row records the device it ran on. On a CUDA host the GPU adds rows: PyTorch fp16 and bf16 for the
+teacher and every student (batch 1 timed with CUDA events), ONNX Runtime's CUDA and TensorRT execution
+providers when onnxruntime-gpu offers them, and TensorRT engines when `tensorrt` imports; each kind
+that cannot run here is skipped with one printed line.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +43,30 @@ class BenchRow:
     size_mb: float
     params: int
     flops_128: int
+    device: str = ""  # where it ran: "cpu (16 threads)", "cuda: NVIDIA H200"
     metrics: dict = field(default_factory=dict)  # every test metric of the task (QA: exact_match and f1)
+
+
+TORCH_GPU = {"pytorch-fp16": torch.float16, "pytorch-bf16": torch.bfloat16}  # the whole model cast, on CUDA
+# runtime -> (export variant it reads, ONNX Runtime execution provider, provider options)
+ORT_GPU = {
+    "onnxruntime-cuda-fp32-fused": ("fp32-fused", "CUDAExecutionProvider", {}),
+    "onnxruntime-cuda-fp16": ("fp16", "CUDAExecutionProvider", {}),
+    # TensorRT cannot read ORT's fused ops: it builds from the plain graph, in fp16 / from the QDQ graph in int8
+    "onnxruntime-trt-fp16": ("fp32", "TensorrtExecutionProvider", {"trt_fp16_enable": "True"}),
+    "onnxruntime-trt-int8": ("int8-qdq", "TensorrtExecutionProvider", {"trt_fp16_enable": "True",
+                                                                       "trt_int8_enable": "True"}),
+}
+TENSORRT = {"tensorrt-fp16": ("fp32", "fp16"), "tensorrt-int8": ("int8-qdq", "int8")}  # runtime -> (variant, precision)
+GPU_TOKENS = 128  # TensorRT shape profiles cover batch 1..32 up to max(this, task.max_len) tokens
+
+
+def cpu_device(threads: int) -> str:
+    return f"cpu ({threads} threads)"
+
+
+def cuda_device() -> str:
+    return f"cuda: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cuda"
 
 
 def folder_size_mb(path: Path) -> float:
@@ -53,11 +82,21 @@ def synthetic(batch: int, seq: int, vocab_size: int) -> dict[str, np.ndarray]:
             "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
 
 
-def _time(run, inputs: list[dict], repeats: int, warmup: int) -> np.ndarray:
+def _time(run, inputs: list[dict], repeats: int, warmup: int, cuda: bool = False) -> np.ndarray:
+    """Milliseconds per call after ``warmup`` calls; on CUDA between two events on the GPU's clock (every call
+    ends with its outputs copied back, so the end event waits for the whole call)."""
     for i in range(warmup):
         run(inputs[i % len(inputs)])
     times = []
     for i in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(inputs[i % len(inputs)])
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+            continue
         start = time.perf_counter()
         run(inputs[i % len(inputs)])
         times.append(time.perf_counter() - start)
@@ -67,13 +106,28 @@ def _time(run, inputs: list[dict], repeats: int, warmup: int) -> np.ndarray:
 class Runner:
     """A model behind one call signature: numpy inputs -> numpy logits.
 
-    ``variant`` is the export format of an ONNX file (fp32-fused, int8-dynamic...); None for a PyTorch folder."""
+    ``variant`` is the export format of an ONNX file (fp32-fused, int8-dynamic...); None for a PyTorch folder.
+    ``backend`` None runs it on the CPU; a key of TORCH_GPU, ORT_GPU or TENSORRT runs it on the GPU."""
 
-    def __init__(self, path: Path, threads: int, variant: str | None = None, kind: TaskKind = SEQUENCE_CLASSIFICATION):
+    def __init__(self, path: Path, threads: int, variant: str | None = None, kind: TaskKind = SEQUENCE_CLASSIFICATION,
+                 backend: str | None = None, max_tokens: int = GPU_TOKENS):
         self.path, self.kind = Path(path), kind
         if (self.path.suffix == ".onnx") != (variant is not None):
             raise ValueError(f"{self.path}: an ONNX file needs its export variant, a PyTorch folder none")
-        if variant is not None:
+        self.cuda = backend is not None
+        self.device = cuda_device() if self.cuda else cpu_device(threads)
+        self.sess = self.model = self.engine = None
+        if self.cuda:
+            self.runtime = backend
+            if backend in TORCH_GPU:
+                self.model = kind.auto_class.from_pretrained(self.path).eval()
+                self.model.set_attn_implementation("sdpa")
+                self.model.to("cuda", TORCH_GPU[backend])
+            elif backend in ORT_GPU:
+                self.sess = _gpu_session(self.path, threads, *ORT_GPU[backend][1:], max_tokens)
+            else:
+                self.engine = TensorRTEngine(self.path, TENSORRT[backend][1], max_tokens)
+        elif variant is not None:
             self.runtime = f"onnxruntime-{variant}"
             self.sess = onnx_export.session(self.path, threads)
             self.model = None
@@ -83,10 +137,107 @@ class Runner:
             self.model.set_attn_implementation("sdpa")
 
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        if self.engine is not None:
+            outputs = self.engine(feed)
+            return self.kind.join_outputs([outputs[name] for name in self.kind.output_names])
         if self.model is None:
             return onnx_export.run_logits(self.sess, feed, self.kind)
+        device = "cuda" if self.cuda else "cpu"
         with torch.inference_mode():
-            return self.kind.logits(self.model(**{k: torch.from_numpy(v) for k, v in feed.items()})).numpy()
+            out = self.model(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()})
+            return self.kind.logits(out).float().cpu().numpy()
+
+
+def _profile_shapes(max_tokens: int) -> dict[str, str]:
+    """TensorRT EP shape profiles: batch 1 at 1 token up to batch 32 at ``max_tokens`` (one engine for all)."""
+    shapes = lambda b, s: ",".join(f"{n}:{b}x{s}" for n in onnx_export.INPUTS)  # noqa: E731
+    return {"trt_profile_min_shapes": shapes(1, 1), "trt_profile_opt_shapes": shapes(1, max_tokens),
+            "trt_profile_max_shapes": shapes(32, max_tokens)}
+
+
+def _gpu_session(path: Path, threads: int, provider: str, options: dict, max_tokens: int):
+    """An ONNX Runtime session whose first provider is ``provider``; refused when ORT fell back to another."""
+    import onnxruntime as ort
+
+    options = {**options, **(_profile_shapes(max_tokens) if provider == "TensorrtExecutionProvider" else {})}
+    session_options = ort.SessionOptions()
+    if threads:
+        session_options.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), session_options,
+                                providers=[(provider, options), "CUDAExecutionProvider", "CPUExecutionProvider"])
+    if sess.get_providers()[0] != provider:
+        raise RuntimeError(f"{provider} did not start for {path.name} (the session runs on {sess.get_providers()})")
+    return sess
+
+
+class TensorRTEngine:
+    """A TensorRT engine built from an exported ONNX file (in a temporary folder: the export is left as it
+    is), run on torch CUDA buffers: numpy inputs -> {output name: numpy array}."""
+
+    def __init__(self, onnx_path: Path, precision: str, max_tokens: int):
+        import tensorrt as trt
+
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / "model.onnx"
+            staged.symlink_to(Path(onnx_path).resolve())
+            plan = onnx_export.build_tensorrt_engine(staged, precision, max_tokens)
+            data = plan.read_bytes()
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        dtypes = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+                  "INT64": torch.int64, "BOOL": torch.bool, "INT8": torch.int8}
+        by_trt = {getattr(trt.DataType, k): v for k, v in dtypes.items() if hasattr(trt.DataType, k)}
+        self.dtypes = {n: by_trt[self.engine.get_tensor_dtype(n)] for n in names}
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        held = []  # the input buffers must live until the engine has run
+        for name in self.inputs:
+            tensor = torch.from_numpy(feed[name]).to("cuda", self.dtypes[name]).contiguous()
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            held.append(tensor)
+        outputs = {}
+        for name in self.outputs:
+            outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                        device="cuda")
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("the TensorRT engine failed to run")
+        return {name: out.float().cpu().numpy() for name, out in outputs.items()}
+
+
+def gpu_artifacts(sources: dict[str, Path], exported: list[tuple[str, Path, str, Path]],
+                  say=print) -> list[tuple[str, Path, str | None, Path, str]]:
+    """The GPU rows this host can run: (name, path, variant, source folder, backend), from the PyTorch
+    ``sources`` and the ``exported`` artifacts that passed their check; one line per kind it cannot run."""
+    rows: list[tuple[str, Path, str | None, Path, str]] = []
+    if torch.cuda.is_available():
+        kinds = [b for b in TORCH_GPU if b != "pytorch-bf16" or torch.cuda.is_bf16_supported()]
+        rows += [(name, folder, None, folder, backend) for name, folder in sources.items() for backend in kinds]
+    else:
+        say(f"[bench] PyTorch GPU rows (fp16, bf16) skipped: torch {torch.__version__} sees no CUDA device")
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    for provider, label in (("CUDAExecutionProvider", "ONNX Runtime CUDA"),
+                            ("TensorrtExecutionProvider", "ONNX Runtime TensorRT")):
+        if provider not in providers:
+            say(f"[bench] {label} rows skipped: onnxruntime {ort.__version__} has no {provider} (it offers "
+                f"{', '.join(providers)}; onnxruntime-gpu brings it)")
+            continue
+        rows += [(name, path, variant, source, backend) for backend, (wanted, prov, _) in ORT_GPU.items()
+                 if prov == provider for name, path, variant, source in exported if variant == wanted]
+    if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
+        why = "the tensorrt package is not importable" if importlib.util.find_spec("tensorrt") is None \
+            else "torch sees no CUDA device"
+        say(f"[bench] TensorRT engine rows skipped: {why}")
+    else:
+        rows += [(name, path, variant, source, backend) for backend, (wanted, _) in TENSORRT.items()
+                 for name, path, variant, source in exported if variant == wanted]
+    return rows
 
 
 _SOURCE_SIZES: dict[tuple[str, str], tuple[int, float]] = {}
@@ -105,8 +256,9 @@ def _source_size(source_dir: str, kind: TaskKind) -> tuple[int, float]:
 
 def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test_batches: list[dict],
               labels: list[np.ndarray], real_singles: list[dict], task, threads: int, vocab_size: int,
-              repeats: int = 50) -> BenchRow:
-    """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx.
+              repeats: int = 50, backend: str | None = None, max_tokens: int = GPU_TOKENS) -> BenchRow:
+    """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx; ``backend``
+    (a key of TORCH_GPU, ORT_GPU or TENSORRT) runs it on the GPU instead of the CPU.
     ``task``: the TaskData, whose kind scores the outputs (entity F1, word-aligned, for NER), or a metric
     name (sentence classification); ``labels``: one array per test batch (or, for one label per example,
     all of them in one array)."""
@@ -115,21 +267,22 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
     kind = getattr(task, "kind", SEQUENCE_CLASSIFICATION)
     metric = getattr(task, "metric", task)
     torch.set_num_threads(threads)
-    runner = Runner(path, threads, variant, kind)
-    runner(test_batches[0])  # warm-up
+    runner = Runner(path, threads, variant, kind, backend, max_tokens)
+    for batch in test_batches if runner.cuda else test_batches[:1]:  # warm-up (on a GPU: every batch shape once)
+        runner(batch)
     start = time.perf_counter()
     logits = [runner(b) for b in test_batches]
     real_throughput = sum(len(out) for out in logits) / (time.perf_counter() - start)
     scores = score_batches(task, logits, labels, [b["attention_mask"] for b in test_batches])
     score = scores["score"]
-    b1 = _time(runner, [synthetic(1, 128, vocab_size)], repeats, warmup=5)
-    real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5)
-    b32 = _time(runner, [synthetic(32, 128, vocab_size)], max(3, repeats // 10), warmup=1)
+    b1 = _time(runner, [synthetic(1, 128, vocab_size)], repeats, warmup=5, cuda=runner.cuda)
+    real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5, cuda=runner.cuda)
+    b32 = _time(runner, [synthetic(32, 128, vocab_size)], max(3, repeats // 10), warmup=1, cuda=runner.cuda)
     params, flops = _source_size(str(source_dir), kind)
     return BenchRow(name, runner.runtime, score, metric, float(np.percentile(b1, 50)), float(np.percentile(b1, 95)),
                     float(np.percentile(real, 50)), 32 * 1000.0 / float(np.median(b32)), real_throughput,
                     folder_size_mb(Path(path) if Path(path).suffix == ".onnx" else Path(path)),
-                    params, flops,
+                    params, flops, runner.device,
                     {k: float(v) for k, v in scores.items() if k != "score"})
 
 
@@ -148,9 +301,10 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
     sources = {"teacher": inputs["teacher"].model_dir, "student-task": inputs["2b"].model_dir}
     if cfg.prune.enabled:
         sources["student-pruned"] = inputs["prune"].model_dir
-    # (name, path, export variant or None for PyTorch, source folder)
-    artifacts: list[tuple[str, Path, str | None, Path]] = [(name, folder, None, folder)
-                                                           for name, folder in sources.items()]
+    # (name, path, export variant or None for PyTorch, source folder, GPU backend or None for the CPU)
+    artifacts: list[tuple[str, Path, str | None, Path, str | None]] = [(name, folder, None, folder, None)
+                                                                       for name, folder in sources.items()]
+    available: list[tuple[str, Path, str, Path]] = []  # every export that passed its check (skipped or not)
     left_out: list[dict] = []  # rows the table shows without figures: refused by export, or failed here
     if cfg.export.enabled:
         export_dir = inputs["export"].model_dir
@@ -159,14 +313,18 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
         exported += [("teacher", variant) for variant in teacher_baseline_formats(cfg.export)]
         for name, variant in exported:
             path = export_dir / f"{name}-{variant}" / "model.onnx"
-            if variant in cfg.bench.skip_formats:
+            usable = f"{name}-{variant}" not in refused and path.is_file()
+            if usable:
+                available.append((name, path, variant, sources[name]))
+            if variant in cfg.bench.skip_formats:  # on the CPU (it may still run on a GPU)
                 continue
-            if f"{name}-{variant}" in refused or not path.is_file():
+            if not usable:
                 reason = refused.get(f"{name}-{variant}", f"{path} is missing")
                 left_out.append({"name": name, "runtime": f"onnxruntime-{variant}", "status": "refused",
                                  "reason": reason})
                 continue
-            artifacts.append((name, path, variant, sources[name]))
+            artifacts.append((name, path, variant, sources[name], None))
+    artifacts += gpu_artifacts(sources, available)
     test = ctx.tokenized["test"]
     if cfg.bench.test_examples:
         test = test.select(range(min(cfg.bench.test_examples, len(test))))
@@ -177,21 +335,25 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
     singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
-    for name, path, variant, source in artifacts:
+    for name, path, variant, source, backend in artifacts:
         try:
             row = bench_one(name, path, variant, source, batches, labels, singles, ctx.data, threads,
-                            len(ctx.tokenizer), cfg.bench.repeats)
+                            len(ctx.tokenizer), cfg.bench.repeats, backend, max(GPU_TOKENS, cfg.task.max_len))
         except Exception as err:  # noqa: BLE001 (one artifact that cannot run never costs the others their report)
-            runtime = f"onnxruntime-{variant}" if variant else "pytorch-fp32"
+            runtime = backend or (f"onnxruntime-{variant}" if variant else "pytorch-fp32")
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             print(f"[bench] {name:<16} {runtime:<26} FAILED: {reason}")
             left_out.append({"name": name, "runtime": runtime, "status": "failed", "reason": reason})
             continue
         print(f"[bench] {name:<16} {row.runtime:<26} score {row.score:.4f}  p50 {row.p50_ms:7.1f} ms  "
-              f"p95 {row.p95_ms:7.1f} ms  b32 {row.throughput_b32:7.0f} ex/s  {row.size_mb:6.1f} MB")
+              f"p95 {row.p95_ms:7.1f} ms  b32 {row.throughput_b32:7.0f} ex/s  {row.size_mb:6.1f} MB"
+              + (f"  {row.device}" if backend else ""))
         rows.append(asdict(row))
     extra = [f"Latency: CPU, {threads} threads, batch 1, sequence 128 (synthetic tokens), {cfg.bench.repeats} timed "
              "runs after 5 warm-up runs; 'real lengths' uses 100 test examples at their own lengths."]
+    if any(backend for *_, backend in artifacts):
+        extra.append(f"GPU rows ({cuda_device()}): the same inputs, batch 1 timed between CUDA events (inputs copied "
+                     "in and logits copied out included); PyTorch fp16/bf16 rows cast the whole model.")
     md, page = write_report(ctx.run_dir, rows, yaml.safe_dump(to_dict(cfg), sort_keys=False), extra, left_out)
     print(f"[bench] report: {md} and {page}")
     tracker = ctx.tracker(ctx.run_dir / "bench", "bench")
@@ -200,7 +362,7 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
                          if isinstance(v, (int, float))})
     folders = dict(sources)
     if cfg.export.enabled:
-        folders.update({p.parent.name: p.parent for _, p, variant, _ in artifacts if variant is not None})
+        folders.update({p.parent.name: p.parent for _, p, variant, _, _ in artifacts if variant is not None})
     tracker.log_artifacts(folders)
     tracker.finish()
     return {"rows": len(rows), "left_out": left_out}
