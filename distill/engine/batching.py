@@ -53,7 +53,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool,
                 seed: int = 0, num_workers: int = 0, collator=None) -> DataLoader:
     """DataLoader over a tokenized dataset; pads each batch to its own longest sequence."""
-    extra = ("special_tokens_mask", "doc_ids", "example_id")  # example_id: distill.engine.feature_cache
+    # example_id: distill.engine.feature_cache; question_id, offset_mapping: a QA split's windows (TaskKind.gold)
+    extra = ("special_tokens_mask", "doc_ids", "example_id", "question_id", "offset_mapping")
     keep = [c for c in dataset.column_names if c in MODEL_COLUMNS or c in extra]
     data = dataset.with_format("torch", columns=keep)
     sampler = LengthGroupedBatchSampler(dataset["length"], batch_size, shuffle, seed)

@@ -36,7 +36,7 @@ def predict_rows(model: nn.Module, loader: DataLoader, kind: TaskKind = SEQUENCE
     batches = loader.batch_sampler.batches() if hasattr(loader.batch_sampler, "batches") else None
     for i, batch in enumerate(loader):
         out = model(**{k: v.to(device) for k, v in to_model_inputs(batch).items()})
-        rows, label_rows = kind.rows(kind.logits(out).float().cpu().numpy(), batch["labels"].cpu().numpy(),
+        rows, label_rows = kind.rows(kind.logits(out).float().cpu().numpy(), kind.gold(batch),
                                      batch["attention_mask"].cpu().numpy())
         logits += rows
         labels += label_rows
@@ -54,20 +54,22 @@ def predict(model: nn.Module, loader: DataLoader, kind: TaskKind = SEQUENCE_CLAS
     return kind.collect(logits), kind.collect(labels)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, task) -> dict[str, float]:
-    """Metrics of ``model`` on ``loader``; ``task`` is the TaskData (or a metric name for sentence tasks)."""
+def evaluate(model: nn.Module, loader: DataLoader, task, examples=None) -> dict[str, float]:
+    """Metrics of ``model`` on ``loader``; ``task`` is the TaskData (or a metric name for sentence tasks);
+    ``examples``: the untokenized split the loader's rows come from (QA reads contexts and answers there)."""
     kind, metric, names = _kind_and_metric(task)
     logits, labels = predict_rows(model, loader, kind)
-    return kind.metrics(logits, labels, metric, names)
+    return kind.metrics(logits, labels, metric, names, examples=examples)
 
 
 def score_batches(task, logits: list[np.ndarray], labels: list[np.ndarray],
-                  attention_masks: list[np.ndarray]) -> dict[str, float]:
-    """Metrics from per-batch outputs of any runtime (e.g. ONNX Runtime), batch order kept."""
+                  attention_masks: list[np.ndarray], examples=None) -> dict[str, float]:
+    """Metrics from per-batch outputs of any runtime (e.g. ONNX Runtime), batch order kept; ``labels``: each
+    batch's ``kind.gold(batch)``; ``examples`` as for ``evaluate``."""
     kind, metric, names = _kind_and_metric(task)
     logit_rows, label_rows = [], []
     for out, gold, mask in zip(logits, labels, attention_masks):
         rows, gold_rows = kind.rows(out, gold, mask)
         logit_rows += rows
         label_rows += gold_rows
-    return kind.metrics(logit_rows, label_rows, metric, names)
+    return kind.metrics(logit_rows, label_rows, metric, names, examples=examples)

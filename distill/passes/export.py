@@ -20,7 +20,8 @@ CHECK_FILE = "check.json"  # export/check.json: every format of every model, kep
 
 def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], check_batches, check_labels,
                  metric: str, calibration, max_len: int, tensorrt: bool, max_metric_drop: float,
-                 kind: TaskKind = SEQUENCE_CLASSIFICATION, label_names: list[str] | None = None) -> dict:
+                 kind: TaskKind = SEQUENCE_CLASSIFICATION, label_names: list[str] | None = None,
+                 examples=None) -> dict:
     """Every requested format of one model folder that passes its check, into out_dir/<name>-<format>/.
 
     Every format is built and checked in a work folder first; each that passes replaces
@@ -37,7 +38,8 @@ def export_model(model_dir: Path, out_dir: Path, name: str, formats: list[str], 
         return np.concatenate([kind.flat_outputs(out, mask) for out, mask in zip(per_batch, masks)])
 
     def score(flat_logits: np.ndarray) -> float:
-        return kind.metrics(kind.unflatten(flat_logits, masks), list(check_labels), metric, label_names)["score"]
+        return kind.metrics(kind.unflatten(flat_logits, masks), list(check_labels), metric, label_names,
+                            examples=examples)["score"]
 
     with torch.no_grad():
         reference = flat([kind.logits(model(**{k: torch.from_numpy(v) for k, v in b.items()})).numpy()

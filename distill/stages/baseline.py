@@ -32,7 +32,7 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "baseline")
     result = train(FineTuneObjective(student, ctx.data.kind), ctx.loader("train", t.prediction.batch_size, True),
-                   t.prediction, stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, ctx.data),
+                   t.prediction, stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, ctx.data, ctx.data.dev),
                    tracker=tracker, seed=cfg.seed, desc="baseline")
     scores = final_scores(ctx, stage.model_dir, result.step)
     tracker.summary(scores)

@@ -256,7 +256,8 @@ def _source_size(source_dir: str, kind: TaskKind) -> tuple[int, float]:
 
 def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test_batches: list[dict],
               labels: list[np.ndarray], real_singles: list[dict], task, threads: int, vocab_size: int,
-              repeats: int = 50, backend: str | None = None, max_tokens: int = GPU_TOKENS) -> BenchRow:
+              repeats: int = 50, backend: str | None = None, max_tokens: int = GPU_TOKENS,
+              examples=None) -> BenchRow:
     """One row of the table: ``path`` is a PyTorch folder (variant None) or an exported model.onnx; ``backend``
     (a key of TORCH_GPU, ORT_GPU or TENSORRT) runs it on the GPU instead of the CPU.
     ``task``: the TaskData, whose kind scores the outputs (entity F1, word-aligned, for NER), or a metric
@@ -273,7 +274,7 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
     start = time.perf_counter()
     logits = [runner(b) for b in test_batches]
     real_throughput = sum(len(out) for out in logits) / (time.perf_counter() - start)
-    scores = score_batches(task, logits, labels, [b["attention_mask"] for b in test_batches])
+    scores = score_batches(task, logits, labels, [b["attention_mask"] for b in test_batches], examples=examples)
     score = scores["score"]
     b1 = _time(runner, [synthetic(1, 128, vocab_size)], repeats, warmup=5, cuda=runner.cuda)
     real = _time(runner, real_singles, min(repeats * 2, len(real_singles)), warmup=5, cuda=runner.cuda)
@@ -331,14 +332,15 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
     batches, labels = [], []
     for batch in ctx.loader("test", 32, dataset=test):
         batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-        labels.append(batch["labels"].numpy())
+        labels.append(ctx.data.kind.gold(batch))
     singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
     for name, path, variant, source, backend in artifacts:
         try:
             row = bench_one(name, path, variant, source, batches, labels, singles, ctx.data, threads,
-                            len(ctx.tokenizer), cfg.bench.repeats, backend, max(GPU_TOKENS, cfg.task.max_len))
+                            len(ctx.tokenizer), cfg.bench.repeats, backend, max(GPU_TOKENS, cfg.task.max_len),
+                            examples=ctx.data.test)
         except Exception as err:  # noqa: BLE001 (one artifact that cannot run never costs the others their report)
             runtime = backend or (f"onnxruntime-{variant}" if variant else "pytorch-fp32")
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -131,8 +131,8 @@ def _logit_key(teacher, train_set, mixed_precision: str, kind) -> str | None:
 def final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:
     """Dev and test scores of a stage's model, on the accelerator, in full precision (the reported number)."""
     model = load_finetuned(folder).to(placement("no").device)
-    return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data),
-            "test": evaluate(model, ctx.loader("test", 128), ctx.data),
+    return {"dev": evaluate(model, ctx.loader("dev", 128), ctx.data, ctx.data.dev),
+            "test": evaluate(model, ctx.loader("test", 128), ctx.data, ctx.data.test),
             "params": count_parameters(model), "steps": steps}
 
 

@@ -33,7 +33,7 @@ def _batches_and_labels(loader, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tup
     batches, labels = [], []
     for batch in loader:
         batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-        labels += kind.label_rows(batch["labels"].numpy(), batches[-1]["attention_mask"])
+        labels += kind.label_rows(kind.gold(batch), batches[-1]["attention_mask"])
     return batches, kind.collect(labels)
 
 
@@ -52,12 +52,12 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     for name, folder in sources.items():
         results[name] = export_model(folder, stage.dir, name, e.formats, check_batches, check_labels, ctx.data.metric,
                                      calibration, ctx.cfg.task.max_len, e.tensorrt, e.max_metric_drop,
-                                     kind=ctx.data.kind, label_names=ctx.data.label_names)
+                                     kind=ctx.data.kind, label_names=ctx.data.label_names, examples=ctx.data.dev)
     if teacher_baseline_formats(e):  # reference rows only: a refused format drops its row, never the run
         results["teacher"] = export_model(inputs["teacher"].model_dir, stage.dir, "teacher", teacher_baseline_formats(e),
                                           check_batches, check_labels, ctx.data.metric, calibration,
                                           ctx.cfg.task.max_len, False, e.max_metric_drop, kind=ctx.data.kind,
-                                          label_names=ctx.data.label_names)
+                                          label_names=ctx.data.label_names, examples=ctx.data.dev)
     write_checks(stage.dir, results)
     refused = refused_formats(stage.dir)
     if refused:

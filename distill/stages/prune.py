@@ -23,12 +23,12 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     student = load_finetuned(inputs["2b"].model_dir)
     ratio = 1.0 - p.target_flops if p.target_flops else p.ratio
     example = {k: v for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
-    before = evaluate(student, ctx.loader("dev", 128), ctx.data)
+    before = evaluate(student, ctx.loader("dev", 128), ctx.data, ctx.data.dev)
     pruned, report = prune_model(student, example, ratio, importance=p.importance,
                                  loader=ctx.loader("train", 32, shuffle=True), taylor_batches=p.taylor_batches,
                                  layer_ratios=p.layer_ratios or None, place=placement(p.recovery.mixed_precision),
                                  kind=ctx.data.kind)
-    after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data)
+    after_prune = evaluate(pruned, ctx.loader("dev", 128), ctx.data, ctx.data.dev)
     print(f"[prune] {report.summary()}\n[prune] dev {ctx.data.metric}: {before['score']:.4f} before, "
           f"{after_prune['score']:.4f} right after pruning; recovering by distillation")
     objective = task_objective(ctx, p.recovery_losses, pruned, teacher, carry_from=[inputs[n].dir for n in ("general", "2a", "2b") if n in inputs])
@@ -36,7 +36,7 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "recovery")
     result = train(objective, ctx.loader("train", p.recovery.batch_size, True, train_set), p.recovery, stage.dir,
-                   save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, ctx.data),
+                   save_model=ctx.saver(), evaluate=lambda m: evaluate(m.student, dev, ctx.data, ctx.data.dev),
                    tracker=tracker, seed=cfg.seed, desc="recovery")
     scores = final_scores(ctx, stage.model_dir, result.step)
     scores.update(prune=report.__dict__, dev_before_prune=before, dev_right_after_prune=after_prune)

@@ -70,7 +70,7 @@ def prediction(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     dev = ctx.loader("dev", 128)
     tracker = ctx.tracker(stage.dir, "prediction")
     result = train(objective, ctx.loader("train", t.prediction.batch_size, True, train_set), t.prediction,
-                   stage.dir, save_model=distill_saver(ctx), evaluate=lambda m: evaluate(m.student, dev, data),
+                   stage.dir, save_model=distill_saver(ctx), evaluate=lambda m: evaluate(m.student, dev, data, data.dev),
                    tracker=tracker, seed=cfg.seed, desc="2b prediction")
     scores = final_scores(ctx, stage.model_dir, result.step)
     tracker.summary(scores)

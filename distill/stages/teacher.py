@@ -68,10 +68,10 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     dev = ctx.loader("dev", 64)
     tracker = ctx.tracker(stage.dir, "teacher")
     result = train(FineTuneObjective(model, data.kind), ctx.loader("train", train_cfg.batch_size, shuffle=True), train_cfg,
-                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, data),
+                   stage.dir, save_model=ctx.saver(), evaluate=lambda m: evaluate(m, dev, data, data.dev),
                    tracker=tracker, seed=cfg.seed, desc="teacher")
     best = load_finetuned(stage.model_dir).to(placement("no").device)  # scored on the accelerator, full precision
-    scores = {"dev": evaluate(best, dev, data), "test": evaluate(best, ctx.loader("test", 64), data),
+    scores = {"dev": evaluate(best, dev, data, data.dev), "test": evaluate(best, ctx.loader("test", 64), data, data.test),
               "steps": result.step}
     tracker.summary(scores)
     tracker.finish()
@@ -104,7 +104,7 @@ def _given_teacher_scores(ctx: RunContext, folder: Path) -> dict:
     if stored.get("fingerprint") == fingerprint:
         return stored["scores"]
     model = load_finetuned(folder).to(placement("no").device)
-    scores = {"dev": evaluate(model, ctx.loader("dev", 64), ctx.data)}
+    scores = {"dev": evaluate(model, ctx.loader("dev", 64), ctx.data, ctx.data.dev)}
     write_json_once(path, {"fingerprint": fingerprint, "scores": scores})
     announce_once(str(path), f"[teacher] given fine-tuned teacher {folder}: {score_report(ctx, scores)}")
     return scores
