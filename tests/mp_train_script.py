@@ -81,16 +81,19 @@ def main(out: Path) -> None:
     report = {"rank": state.process_index, "processes": state.num_processes, "steps": result.step,
               "seen": objective.batches, "expected_by_epoch": expected,
               "param_sum": float(params.double().sum()), "param_abs_sum": float(params.double().abs().sum()),
-              "initial_abs_sum": initial, "timeout_s": _process_group_timeout_s()}
+              "initial_abs_sum": initial, "timeout_s": _process_group_timeout_s(),
+              "backend": torch.distributed.get_backend()}
     report.update(_distill_stage(out, train_set, tokenizer), **_teacher_logits_once(out, train_set))
     (out / f"rank{state.process_index}.json").write_text(json.dumps(report))
 
 
 def _process_group_timeout_s() -> float:
-    """The collective timeout the default process group was created with."""
+    """The collective timeout the default process group was created with (its gloo backend on CPU processes,
+    its NCCL backend on GPU ones)."""
     from torch.distributed import distributed_c10d
 
-    return distributed_c10d._get_default_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+    group = distributed_c10d._get_default_group()
+    return group._get_backend(process_state().device).options._timeout.total_seconds()
 
 
 def _distill_stage(out: Path, train_set, tokenizer) -> dict:

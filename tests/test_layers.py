@@ -1,16 +1,23 @@
 """The layer contracts (.importlinter) hold, and break when a stage imports another stage."""
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).with_name("lint-imports")
+pytestmark = pytest.mark.skipif(not LINT.is_file(), reason="needs import-linter (lint-imports) beside this Python")
 
 
 def _lint(tree: Path) -> subprocess.CompletedProcess:
+    """lint-imports over the packages in ``tree``: ``tree`` first on PYTHONPATH (it is what is linted), what
+    was on PYTHONPATH kept after it (a host whose packages sit there), and this environment otherwise."""
+    path = os.pathsep.join([str(tree), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
     return subprocess.run([str(LINT), "--config", str(ROOT / ".importlinter"), "--no-cache"], cwd=tree,
-                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+                          env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
 
 
 def test_the_code_keeps_every_contract():

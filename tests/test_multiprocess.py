@@ -20,26 +20,53 @@ from distill.engine.tracking import read_metrics
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cpu_ranks_would_ask_for_a_missing_gpu() -> bool:
+    """accelerate 1.15's barrier passes device_ids=[local rank] for CPU processes too, and torch's barrier then
+    uses <the accelerator torch was built for>:<rank>: on a CUDA build with one GPU, rank 1 of two CPU (gloo)
+    processes asks for cuda:1 and dies ("invalid device ordinal", seen on an H200 host). Two CPU processes
+    need a torch without an accelerator, or as many devices as processes."""
+    accelerator = torch.accelerator.current_accelerator()  # the build's, as torch's barrier picks it
+    return accelerator is not None and torch.accelerator.device_count() < 2
+
+
+# every test here launches 2 CPU processes; on 2+ GPUs tests/test_cuda.py runs the same script over NCCL
+pytestmark = pytest.mark.skipif(_cpu_ranks_would_ask_for_a_missing_gpu(),
+                                reason="2 CPU processes under accelerate need no accelerator or 2+ devices "
+                                       "(accelerate's barrier names device <rank>)")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-ENV = {"PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+def subprocess_env(cpu: bool = True, **extra: str) -> dict[str, str]:
+    """This process's environment for a child Python: the project put first on PYTHONPATH, whatever was on it
+    kept (a GPU host whose packages sit on PYTHONPATH, e.g. /tmp/site, lost them when it was replaced), offline
+    hub, no wandb. ``cpu``: ACCELERATE_USE_CPU, so `accelerate launch` starts CPU processes over gloo even on
+    a machine with GPUs; without it they take one GPU each and talk over NCCL."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        env.pop("ACCELERATE_USE_CPU", None)
+    return env
 
 
 def _launch_cmd(*args: str) -> list[str]:
-    """`accelerate launch` of 2 CPU processes: --multi_gpu is accelerate's torchrun launcher and
-    ACCELERATE_USE_CPU (in ENV) makes it CPU processes talking over gloo."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args]
+    """`accelerate launch` of 2 processes, through this interpreter (the `accelerate` script need not sit next
+    to it): --multi_gpu is accelerate's torchrun launcher; ACCELERATE_USE_CPU (subprocess_env) makes them CPU
+    processes talking over gloo."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), *args]
 
 
 def test_two_processes_train_the_configured_epochs_in_the_samplers_order_and_write_once(tmp_path):
-    env = {**os.environ, **ENV}
+    env = subprocess_env()
     cmd = _launch_cmd(str(ROOT / "tests" / "mp_train_script.py"), str(tmp_path))
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -82,7 +109,7 @@ def test_two_processes_train_the_configured_epochs_in_the_samplers_order_and_wri
 def test_two_processes_x16_reach_the_weights_of_one_process_x32(tmp_path):
     """Same data per step (unshuffled, equal lengths), dropout off: DDP's averaged gradients give one
     process's update. Measured max abs weight difference after 8 steps at lr 1e-2: 1.5e-7."""
-    env = {**os.environ, **ENV}
+    env = subprocess_env()
     script = str(ROOT / "tests" / "mp_equivalence_script.py")
     one = subprocess.run([sys.executable, script, str(tmp_path / "one"), "32"], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -118,7 +145,7 @@ def _cli_overrides(tmp_path, teacher, task, steps: int = 3, save_every: int = 2)
 def test_cli_runs_every_training_stage_under_two_processes_and_the_main_one_writes(tmp_path, tiny_teacher_dir,
                                                                                   task_folder):
     """`accelerate launch -m distill prune`: teacher fine-tuning, general, 2a, 2b, prune + recovery."""
-    env = {**os.environ, **ENV, "WANDB_MODE": "offline"}
+    env = subprocess_env(WANDB_MODE="offline")
     cmd = _launch_cmd("-m", "distill", "prune", *_cli_overrides(tmp_path, tiny_teacher_dir, task_folder))
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
@@ -171,7 +198,7 @@ def _kill_tree(pid: int) -> None:
 @pytest.mark.slow
 def test_killed_two_process_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path, tiny_teacher_dir,
                                                                                  task_folder):
-    env = {**os.environ, **ENV}
+    env = subprocess_env()
     steps = 150
 
     def cmd(folder):

@@ -6,6 +6,7 @@ from distill.tasks.sequence_classification import tokenize
 from distill.engine.layer_map import build_layer_map
 from distill.engine.losses import soft_ce, token_mse
 from distill.engine.objectives import DistillObjective, with_teacher_logits
+from distill.engine.placement import placement
 from tests.conftest import tiny_config
 
 
@@ -48,7 +49,10 @@ def test_cached_teacher_logits_belong_to_their_own_rows(tiny_teacher_dir, tokeni
     assert len(set(data["length"])) == len(sizes)
     loader_factory = lambda d: make_loader(d, tokenizer, 4, shuffle=False)  # noqa: E731
     assert [i for b in loader_factory(data).batch_sampler for i in b] != list(range(len(sizes)))
-    cached = with_teacher_logits(teacher, data, loader_factory)
+    # full precision on this machine's placement device (the GPU on a GPU machine): the tiny teacher's rows
+    # differ by ~1e-3, below what bf16 resolves, so only fp32 shows a row swapped; tests/test_cuda.py checks
+    # the bf16 logits the GPU default gives
+    cached = with_teacher_logits(teacher, data, loader_factory, placement("no"))
     with torch.no_grad():
         for i, row in enumerate(cached):  # reference: one example at a time, no padding, no batching
             alone = teacher(input_ids=torch.tensor([row["input_ids"]]),

@@ -124,6 +124,7 @@ def test_a_refused_format_still_ends_with_a_report_and_says_so(tmp_path, tiny_te
     """A forced QDQ check failure: the format is left out (check.json, log, report row), the others are kept,
     bench and report still run, and the exit status and last line name what was refused."""
     from distill.passes import onnx as onnx_export
+    from distill.stages import bench
 
     monkeypatch.setitem(onnx_export.TOLERANCE, "int8-qdq", (0.0, 1.01))  # no artifact can pass this
     cfg = _cfg(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
@@ -139,8 +140,15 @@ def test_a_refused_format_still_ends_with_a_report_and_says_so(tmp_path, tiny_te
     assert not (run / "export" / "student-task-int8-qdq").exists()
     report = (run / "report.md").read_text()
     assert "| student-task | onnxruntime-int8-qdq | refused: check failed:" in report
-    assert {(r["name"], r["runtime"]) for r in json.loads((run / "bench.json").read_text())} == {
+    rows = {(r["name"], r["runtime"]) for r in json.loads((run / "bench.json").read_text())}
+    gpu = set(bench.TORCH_GPU) | set(bench.ORT_GPU) | set(bench.TENSORRT)
+    assert {row for row in rows if row[1] not in gpu} == {
         ("teacher", "pytorch-fp32"), ("student-task", "pytorch-fp32"), ("student-task", "onnxruntime-fp32")}
+    # a CUDA machine adds each PyTorch model cast to fp16, and to bf16 where the card has it; none without CUDA
+    casts = ["pytorch-fp16", "pytorch-bf16"] if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+        else ["pytorch-fp16"] if torch.cuda.is_available() else []
+    assert {row for row in rows if row[1] in bench.TORCH_GPU} == {(name, cast) for name in ("teacher", "student-task")
+                                                                  for cast in casts}
     assert pipeline.run_distill(cfg) == pipeline.REFUSED_EXIT  # reused: still says so
 
 

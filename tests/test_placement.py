@@ -1,9 +1,10 @@
 """One placement rule for every model pass: the accelerator's device, the stage's precision.
 
-No GPU here, so each pass is run with mixed_precision=bf16 on the CPU (a real autocast) and a
-recording hook on the model asserts what the pass gave it: autocast on, in bf16, inputs on the
-placement's device. A pass that ignores the rule (runs outside autocast, or leaves the model or its
-inputs elsewhere) fails.
+Each pass is run with mixed_precision=bf16 (a real autocast on the CPU too) and a recording hook on the
+model asserts what the pass gave it: autocast on for the placement's device type, in bf16, inputs and
+parameters on the placement's device. The expected placement is the code's own rule, ``placement``: the
+CPU on a machine without an accelerator, cuda:<local rank> on a GPU machine. A pass that ignores the rule
+(runs outside autocast, or leaves the model or its inputs elsewhere) fails.
 """
 import math
 import types
@@ -35,24 +36,31 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def concrete(device: torch.device) -> torch.device:
+    """``cuda`` as the tensors placed there report it (``cuda:0``); ``cpu`` stays ``cpu``."""
+    return torch.empty(0, device=device).device
+
+
 class Recorder:
-    """Forward pre-hook: (autocast on?, autocast dtype, input device, parameter device) of every call."""
+    """Forward pre-hook: (autocast on?, autocast dtype, input device, parameter device) of every call, the
+    autocast read for the device type the placement rule gives this machine (cpu, or cuda on a GPU one)."""
 
     def __init__(self, model: torch.nn.Module):
         self.calls = []
         self.model = model
+        self.device_type = placement("bf16").device.type
         model.register_forward_pre_hook(self, with_kwargs=True)
 
     def __call__(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        self.calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), ids.device,
-                           next(module.parameters()).device))
+        self.calls.append((torch.is_autocast_enabled(self.device_type), torch.get_autocast_dtype(self.device_type),
+                           ids.device, next(module.parameters()).device))
 
     def assert_placed(self, place, minimum: int = 1) -> None:
         assert len(self.calls) >= minimum, self.calls
         for enabled, dtype, inputs, params in self.calls:
             assert enabled and dtype == place.dtype, (enabled, dtype)
-            assert inputs == place.device and params == place.device
+            assert inputs == concrete(place.device) and params == concrete(place.device), (inputs, params, place)
 
 
 def _student():
@@ -66,11 +74,23 @@ def _train_set(tokenizer, task_folder):
 
 
 def test_placement_resolves_device_and_precision():
+    """The documented rule, written out independently: a CUDA machine places passes on its GPU and auto means
+    bf16 there (fp16 on a card without bf16); a machine without one places them on the CPU, auto meaning fp32."""
+    if torch.cuda.is_available():
+        device_type = "cuda"
+        auto = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif torch.backends.mps.is_available():
+        device_type, auto = "mps", None
+    else:
+        device_type, auto = "cpu", None
     place = placement("bf16")
-    assert place.device == torch.device("cpu") and place.dtype == torch.bfloat16
-    assert placement("no").dtype is None and placement("auto").dtype is None  # auto on a CPU machine: fp32
+    assert place.device.type == device_type and place.dtype == torch.bfloat16
+    assert placement("fp16").dtype == torch.float16 and placement("no").dtype is None
+    assert placement("auto").dtype == auto and placement("auto").device == place.device
     with place.autocast():
-        assert torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
+    with placement("no").autocast():
+        assert not torch.is_autocast_enabled(device_type)
 
 
 def test_teacher_forward_runs_under_the_training_autocast(tmp_path, tiny_teacher_dir, tokenizer, task_folder):
@@ -145,19 +165,19 @@ def test_taylor_importance_runs_on_the_placement(tiny_teacher_dir, tokenizer, ta
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     calls = []
+    place = placement("bf16")
 
     def record(module, args, kwargs):
         if "labels" in kwargs:  # the importance passes (torch-pruning's own trace has no labels)
-            calls.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+            calls.append((torch.is_autocast_enabled(place.device.type), torch.get_autocast_dtype(place.device.type),
                           kwargs["input_ids"].device))
 
     model.register_forward_pre_hook(record, with_kwargs=True)
     loader = make_loader(_train_set(tokenizer, task_folder), tokenizer, 8, shuffle=False)
     example = dict(tokenizer(["a wonderful film", "dull"], padding=True, return_tensors="pt"))
-    place = placement("bf16")
     pruned, report = prune_model(model, example, 0.5, importance="taylor", loader=loader, taylor_batches=2,
                                  place=place)
-    assert calls == [(True, torch.bfloat16, place.device)] * 2
+    assert calls == [(True, torch.bfloat16, concrete(place.device))] * 2
     assert report.heads_after == [2] * 4
 
 
