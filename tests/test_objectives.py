@@ -78,7 +78,7 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
     from distill.config import load_config
     from distill.runner.plan import build, stage_run
     from distill.stages import general, task
-    from distill.stages.common import PROJECTIONS
+    from distill.stages.common import projections_file
     from distill.stages.context import RunContext
 
     corpus = tmp_path / "corpus.txt"
@@ -103,12 +103,12 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
     monkeypatch.setattr(general, "train", recording_train)
     monkeypatch.setattr(task, "train", recording_train)
     build(ctx, "2a")  # runs the general stage first
-    general = load_file(str(stage_run(ctx, "general").dir / PROJECTIONS))
+    general = load_file(str(projections_file(stage_run(ctx, "general").dir)))
     assert set(general) == {"embedding.weight", "embedding.bias", "hidden.weight", "hidden.bias"}
     for key, trained in general.items():
         assert not torch.equal(trained, started["general"][key])  # general trained them
         torch.testing.assert_close(started["2a intermediate"][key], trained, rtol=0, atol=0)  # 2a starts there
-    after_2a = load_file(str(stage_run(ctx, "2a").dir / PROJECTIONS))
+    after_2a = load_file(str(projections_file(stage_run(ctx, "2a").dir)))
     assert not torch.equal(after_2a["hidden.weight"], general["hidden.weight"])
     for stage in ("student-general", "student-intermediate"):
         with safe_open(str(ctx.run_dir / stage / "model" / "model.safetensors"), "pt") as f:

@@ -37,8 +37,8 @@ class FineTuneObjective:
 
 
 def save_projections(projections: nn.ModuleDict, path: Path) -> None:
-    """Trained student->teacher projections as safetensors (written next to, never inside, the student's
-    folder), replaced atomically."""
+    """Trained student->teacher projections as safetensors (a file of their own, never in the student's
+    weights), replaced atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}, str(tmp))

@@ -70,7 +70,8 @@ def cuda_device() -> str:
 
 
 def folder_size_mb(path: Path) -> float:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".safetensors", ".onnx", ".data")]
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".safetensors", ".onnx", ".data")
+                                           and p.name != "projections.safetensors"]  # not part of the model
     return sum(p.stat().st_size for p in files) / 2**20
 
 

@@ -11,7 +11,7 @@ from distill.engine.layer_map import build_layer_map
 from distill.engine.losses import LOSSES
 from distill.engine.objectives import DistillObjective, save_projections, with_teacher_logits
 from distill.engine.placement import placement
-from distill.stages.context import RunContext
+from distill.stages.context import RunContext, save_hf_folder
 from distill.tasks import kind_of_folder
 from students.build import count_parameters
 from students.presets import resolve_shape
@@ -19,7 +19,9 @@ from teachers.load import use_eager_attention
 from distill.base.errors import InputError
 
 MLM_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.feature.startswith("mlm"))
-PROJECTIONS = "projections.safetensors"  # next to a stage's model folder: the student folder stays plain HF
+# trained student->teacher projections: a file of their own in the stage's model folder, written in the same
+# swap as the student (from_pretrained reads model.safetensors only, so the student's weights stay plain HF)
+PROJECTIONS = "projections.safetensors"
 # the default output losses are classification losses; on a regression task they stand for these
 REGRESSION_COUNTERPARTS = {"soft_ce": "logits_mse", "soft_ce_t2": "logits_mse", "hard_ce": "hard_mse"}
 
@@ -58,15 +60,19 @@ def check_task_losses(cfg: ExperimentConfig, is_regression: bool) -> None:
 
 
 def distill_saver(ctx: RunContext):
-    """save_model for distillation: the student's HF folder, and its projections next to that folder."""
-    save_student = ctx.saver()
-
+    """save_model for distillation: the student's HF folder with its projections in it, in one swap."""
     def save(trainable, folder: Path) -> None:
-        save_student(trainable, folder)
         projections = getattr(trainable, "projections", None)
+        extra = None
         if projections is not None and len(projections):
-            save_projections(projections, Path(folder).parent / PROJECTIONS)
+            extra = lambda tmp: save_projections(projections, tmp / PROJECTIONS)  # noqa: E731
+        save_hf_folder(getattr(trainable, "student", trainable), ctx.tokenizer, folder, extra)
     return save
+
+
+def projections_file(stage_dir: Path) -> Path:
+    """Where a distillation stage's trained projections are: in its model folder."""
+    return Path(stage_dir) / "model" / PROJECTIONS
 
 
 def load_finetuned(folder: Path):
@@ -88,7 +94,7 @@ def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher,
     objective = DistillObjective(student, teacher, matches, temperature=t.temperature,
                                  kind=ctx.data.kind)  # validates before training
     for folder in carry_from:
-        loaded = objective.load_projections(Path(folder) / PROJECTIONS)
+        loaded = objective.load_projections(projections_file(folder))
         if loaded:
             print(f"[task] projections {loaded} start from the ones trained in {folder}")
     return objective

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Callable
 from pathlib import Path
 
 import yaml
@@ -67,9 +68,14 @@ class RunContext:
         return save
 
 
-def save_hf_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Weights (safetensors), config and tokenizer, swapped in with ``replace_folder`` (crash-safe)."""
+def save_hf_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path,
+                   extra: Callable[[Path], None] | None = None) -> None:
+    """Weights (safetensors), config and tokenizer, plus whatever ``extra(tmp)`` writes beside them (e.g.
+    the trained projections), swapped in together with one ``replace_folder`` (crash-safe: a kill at any
+    point leaves the old set or the new set, never a mix)."""
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)
     replace_folder(folder, write)

@@ -7,7 +7,7 @@ from distill.engine.evaluation import evaluate
 from distill.engine.layer_map import describe
 from distill.engine.trainer import train
 from distill.fingerprint import input_digests
-from distill.stages.common import (PROJECTIONS, cache_teacher_logits, distill_saver, final_scores, load_finetuned,
+from distill.stages.common import (cache_teacher_logits, distill_saver, final_scores, load_finetuned,
                                    print_scores, student_shape, task_objective, train_set_for)
 from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
@@ -90,4 +90,3 @@ PREDICTION = Stage("2b", "student-task", "stage 2b: soft labels of the fine-tune
                    prediction_settings, prediction,
                    reads=lambda cfg: ("teacher", "general", "2a") if cfg.general.enabled else ("teacher", "2a"),
                    describe=_test_score)
-__all__ = ["INTERMEDIATE", "PREDICTION", "PROJECTIONS"]
