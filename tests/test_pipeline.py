@@ -226,3 +226,35 @@ def test_only_the_main_process_speaks(tmp_path, tiny_teacher_dir, task_folder, m
     with pytest.raises(SystemExit) as exit_:
         cli.main(args)
     assert exit_.value.code == 0 and "[plan] distill" in capsys.readouterr().out
+
+
+def test_a_blank_label_cell_is_one_line_from_the_cli(tmp_path, capsys):
+    """Errors in the user's own data are the project's errors: one line, exit 2, no traceback."""
+    from distill import cli
+
+    data = tmp_path / "my.csv"
+    data.write_text("text,label\n" + "".join(f"review number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+                    + "a review with no label,\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["inspect", f"task.name={data}", f"output_dir={tmp_path / 'runs'}", "teacher.name=minilm-l6"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_report_rebuilds_with_the_runs_config_and_notes(tmp_path):
+    from distill.report.report import write_report
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "seed=7"])
+    run = cfg.run_dir
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 7\n")
+    row = {"name": "teacher", "runtime": "pytorch-fp32", "score": 0.8, "metric": "accuracy", "p50_ms": 10.0,
+           "p95_ms": 11.0, "p50_ms_real": 9.0, "throughput_b32": 100.0, "throughput_b32_real": 120.0, "size_mb": 80.0,
+           "params": 22_000_000, "flops_128": 2_000_000_000, "metrics": {}, "device": "cpu (2 threads)"}
+    write_report(run, [row], "seed: 7\n", ["Latency: CPU, 2 threads, measured here."], [])
+    other = load_config(None, [f"output_dir={tmp_path / 'runs'}", "seed=7", "task.max_len=32"])  # other ARGS
+    assert pipeline.run_report(other) == 0
+    text = (run / "report.md").read_text()
+    assert "Latency: CPU, 2 threads, measured here." in text  # the bench's notes survive
+    assert "max_len: 32" not in text and "seed: 7" in text  # the run's config, not this command's

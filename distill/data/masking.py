@@ -23,6 +23,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from distill.data.augment import EmbeddingNeighbours, _whole_word_ids
+from distill.base.errors import InputError
 
 MASKING = ("token", "whole_word", "mac")
 MASKED, RANDOM = 0.8, 0.1  # BERT / MacBERT: 80% corrupted, 10% random, the rest kept
@@ -40,11 +41,11 @@ class WordMasking:
     def __init__(self, tokenizer, probability: float, mode: str, embeddings: torch.Tensor | None = None,
                  neighbours: int = 5):
         if mode not in ("whole_word", "mac"):
-            raise ValueError(f"general.masking {mode!r}: WordMasking does whole_word or mac")
+            raise InputError(f"general.masking {mode!r}: WordMasking does whole_word or mac")
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.continues = torch.tensor([t.startswith("##") for t in tokens])  # (vocab,)
         if not self.continues.any():
-            raise ValueError(f"general.masking={mode} needs a WordPiece tokenizer (## pieces mark words); "
+            raise InputError(f"general.masking={mode} needs a WordPiece tokenizer (## pieces mark words); "
                              f"{type(tokenizer).__name__} has none: use general.masking=token")
         self.special = torch.zeros(len(tokens), dtype=torch.bool)
         self.special[torch.as_tensor(tokenizer.all_special_ids)] = True
@@ -56,7 +57,7 @@ class WordMasking:
         self.continuations = torch.as_tensor(_continuation_ids(tokenizer))
         if mode == "mac":
             if embeddings is None:
-                raise ValueError("general.masking=mac needs the teacher's input embeddings")
+                raise InputError("general.masking=mac needs the teacher's input embeddings")
             self.similar_start = EmbeddingNeighbours(embeddings.detach().cpu(), self.starts.numpy(), neighbours)
             self.similar_continuation = EmbeddingNeighbours(embeddings.detach().cpu(), self.continuations.numpy(),
                                                             neighbours)

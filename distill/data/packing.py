@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from distill.engine.batching import model_attention_mask
+from distill.base.errors import InputError
 
 
 def document_attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ class DocumentCollator:
         return batch
 
 
-class BlockMaskError(ValueError):
+class BlockMaskError(InputError):
     """The model's attention implementation cannot take a (batch, seq, seq) mask."""
 
 

@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from distill.base.errors import InputError
+
 SDIST = "bigbench-1.0.0.tar.gz"
 SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 MEMBERS = ("squad_shifts/squaddev_v1.1.json", "squad_shifts/new_wiki_v1.0.json")
 SPLIT_SEED = 20201  # fixed: splits never depend on the experiment seed
 
 
-class QADataError(ValueError):
+class QADataError(InputError):
     pass
 
 

@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from distill.base.errors import InputError
+
 
 class SequenceStream(IterableDataset):
     """``total`` packed rows drawn from ``rows()`` (a fresh iterator over one pass of the corpus)."""
@@ -48,7 +50,7 @@ class SequenceStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         if get_worker_info() is not None and get_worker_info().num_workers > 1:
-            raise ValueError("general.streaming reads the corpus in one process; set num_workers=0")
+            raise InputError("general.streaming reads the corpus in one process; set num_workers=0")
         produced = 0
         for pass_index in itertools.count():
             before = produced
@@ -58,7 +60,7 @@ class SequenceStream(IterableDataset):
                 if produced >= self.total:
                     return
             if produced == before:  # iter_sequences raises first for an empty corpus; this is a guard
-                raise ValueError("general.corpus gave no sequences on a new pass")
+                raise InputError("general.corpus gave no sequences on a new pass")
 
 
 def open_stream(g, tokenizer, cache_dir, seed: int) -> SequenceStream:

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
+from distill.base.errors import InputError
 
 SPLIT_SEED = 20201  # fixed: splits never depend on the experiment seed
 
 
-class DataError(ValueError):
+class DataError(InputError):
     pass
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from distill.engine.losses import LOSSES
+from distill.base.errors import InputError
 
 
-class LayerMapError(ValueError):
+class LayerMapError(InputError):
     pass
 
 

@@ -214,6 +214,9 @@ def _markdown_html(lines: list[str]) -> str:
     return "".join(out)
 
 
+NOTES_FILE = "report_notes.json"  # the bench's notes under the table (how latency was measured, ...)
+
+
 def left_out_lines(left_out: list[dict], columns: int) -> list[str]:
     """Table rows for artifacts without figures: refused by the export check (with the measured drop), or
     failed in the bench; every other cell blank."""
@@ -238,6 +241,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     has_losses = loss_plot(run_dir, losses)
     table = _table(rows, teacher)
     table += left_out_lines(left_out, table[1].count("|") - 1)
+    notes = list(extra)  # as given: the runtime and teacher notes are read off the run again each time
     extra = [*runtime_notes(rows), *teacher_trend_notes(run_dir), *extra]
     versus = baseline_section(run_dir)
     if left_out:
@@ -275,4 +279,5 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     (run_dir / "report.html").write_text(body.getvalue())
     (run_dir / "bench.json").write_text(json.dumps(rows, indent=1))
     (run_dir / "left_out.json").write_text(json.dumps(left_out, indent=1))
+    (run_dir / NOTES_FILE).write_text(json.dumps(notes, indent=1))  # what `report` needs to write this again
     return run_dir / "report.md", run_dir / "report.html"

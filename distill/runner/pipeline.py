@@ -117,9 +117,16 @@ def run_report(cfg: ExperimentConfig) -> int:
     if not bench.is_file():
         raise PlanError(f"`report` rebuilds the report from {bench}, which does not exist: run `make bench{_hint(cfg)}` "
                         "(or `make distill`) first")
-    left = run_dir / "left_out.json"
-    md, page = write_report(run_dir, json.loads(bench.read_text()), yaml.safe_dump(to_dict(cfg), sort_keys=False),
-                            [], json.loads(left.read_text()) if left.is_file() else [])
+    from distill.report.report import NOTES_FILE
+
+    def read(name: str, default):
+        return json.loads((run_dir / name).read_text()) if (run_dir / name).is_file() else default
+
+    # the config the run was built with (config.yaml), not whatever EXP/ARGS this command was given
+    config = run_dir / "config.yaml"
+    config_yaml = config.read_text() if config.is_file() else yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    md, page = write_report(run_dir, read("bench.json", []), config_yaml, read(NOTES_FILE, []),
+                            read("left_out.json", []))
     print(f"[report] {md} and {page}")
     return 0
 
@@ -143,7 +150,9 @@ def run_distill(cfg: ExperimentConfig) -> int:
                  if name != "bench" and o.dir != ctx.run_dir and o.dir.parent == ctx.run_dir}
         times = {out[name].dir.name: v for name, v in times.items() if v is not None}
         reused = sorted(k for k in times if k not in ran)
-        timings = {"total": round(sum(times.values()) + ran.get("bench", 0.0), 1),
+        # total: this command's wall time; with reused stages, the whole pipeline's (their seconds + this bench)
+        whole = sum(times.values()) + ran.get("bench", 0.0) if reused else total
+        timings = {"total": round(whole, 1),
                    **{k: round(v, 1) for k, v in times.items()}, "bench": round(ran.get("bench", 0.0), 1)}
         if reused:
             timings["reused"] = reused  # their seconds are from the command that built them

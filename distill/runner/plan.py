@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.base.ranks import is_main_process
+from distill.base.ranks import is_main_process, wait_for_everyone
 from distill.runner.graph import STAGES
 from distill.stages.context import RunContext
 from distill.stages.records import STAGE_SECONDS, StageConflictError, StageRun
@@ -135,13 +135,17 @@ def execute(ctx: RunContext, steps: list[Step]) -> dict[str, Output]:
             out = stage.given(ctx)
         elif step.run is None:
             began = time.perf_counter()
-            out = Output(ctx.run_dir, ctx.run_dir, stage.work(ctx, None, inputs) or {})
+            result = (stage.work(ctx, None, inputs) or {}) if stage.trains or is_main_process() else {}
+            wait_for_everyone()  # a stage that does not train runs on the main process alone
+            out = Output(ctx.run_dir, ctx.run_dir, result)
             STAGE_SECONDS[stage.name] = time.perf_counter() - began
         elif step.run.is_done():  # also sets aside an unfinished attempt made with other settings
             out = _output(step)
         else:
             step.run.begin_clock()
-            result = stage.work(ctx, _Starting(step.run), inputs)
+            # a stage that does not train (export) writes shared folders: the main process alone does it
+            run_here = stage.trains or is_main_process()
+            result = stage.work(ctx, _Starting(step.run), inputs) if run_here else {}
             if not step.run.started:
                 step.run.start()
             step.run.finish(result)

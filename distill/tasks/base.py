@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.base.errors import InputError
 
-class TaskKindError(ValueError):
+
+class TaskKindError(InputError):
     """The data, the config or a model folder does not fit the task kind."""
 
 

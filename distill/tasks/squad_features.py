@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from distill.base.errors import InputError
+
 NO_OFFSET = (-1, -1)  # offset of a token that is not part of the context (question, specials, padding)
 
 
-class QAFeatureError(ValueError):
+class QAFeatureError(InputError):
     pass
 
 
