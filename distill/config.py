@@ -210,7 +210,12 @@ class GeneralStageConfig:
 class AugmentConfig:
     """TinyBERT data augmentation: words replaced by candidates, N copies per example, cached on disk."""
 
-    enabled: bool = False  # augment the training split of stage 2a
+    enabled: bool = False  # augment the training split of stages 2a and 2b (else auto_below decides)
+    # augment anyway when the training split has fewer rows than this (examples; NER: sentences; QA: questions):
+    # a small task gives the student too few inputs to learn the teacher's features from, which is why TinyBERT
+    # augmented its small tasks. 0 = never. A split cut by task.max_train_examples is a quick run's slice of a
+    # larger set and is left as it is (augmenting would multiply the work the cap saves).
+    auto_below: int = 5000
     method: Literal["embedding", "mlm"] = "embedding"  # embedding: nearest whole words in the teacher's input embeddings
     mlm_model: str = ""  # MLM model for method=mlm; "" = the teacher's own MLM head
     copies: int = 4  # augmented copies per training example (TinyBERT used 20)
@@ -220,6 +225,7 @@ class AugmentConfig:
 
     def validate(self, prefix: str) -> None:
         _check(self.copies >= 1, f"{prefix}.copies", "must be >= 1")
+        _check(self.auto_below >= 0, f"{prefix}.auto_below", "must be >= 0 (0 = never switch augmentation on)")
         _check(0 < self.replace_prob <= 1, f"{prefix}.replace_prob", "must be in (0, 1]")
         _check(self.top_k >= 1, f"{prefix}.top_k", "must be >= 1")
         _check(self.batch_size >= 1, f"{prefix}.batch_size", "must be >= 1")
@@ -237,6 +243,13 @@ class TaskStageConfig:
     intermediate: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10.0, lr=5e-5))
     prediction_losses: dict[str, float] = field(default_factory=lambda: {"soft_ce": 1.0, "hard_ce": 0.0})
     prediction: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=3e-5))
+    # floors in optimizer steps for 2a and 2b when they are given in epochs (a stage with max_steps > 0 has none:
+    # the user chose). A recipe's epochs, tuned on a large set, give a small one a few dozen steps, too few to
+    # learn anything; a floored stage trains this many steps instead and says so. The defaults sit below the
+    # embedded recipes' own schedules (2a: SQuAD 53 steps, CoNLL-2003 220, Rotten Tomatoes 319; 2b: Rotten
+    # Tomatoes 479, SQuAD 848, CoNLL-2003 2,195), so those run unchanged. 0 = no floor.
+    min_steps_2a: int = 50
+    min_steps_2b: int = 450
     temperature: float = 1.0  # softmax temperature of the soft cross-entropy (TinyBERT used 1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # 2a: the teacher's features are computed once into the run folder (float16, memory-mapped) and read
@@ -246,6 +259,8 @@ class TaskStageConfig:
 
     def validate(self, prefix: str) -> None:
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        for name in ("min_steps_2a", "min_steps_2b"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0 (0 = no floor)")
         _check(self.feature_cache_max_gb > 0, f"{prefix}.feature_cache_max_gb",
                "must be > 0 (set feature_cache=false to turn the cache off)")
         _check_layer_map(self.layer_map, self.layer_map_list, prefix)

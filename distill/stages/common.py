@@ -2,16 +2,21 @@
 the student saver and the final scores. Stages import this module, never each other."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
-from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig
-from distill.data.augment import augmented_train_set
+from distill.base.ranks import process_count
+from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig, TrainConfig
+from distill.data.augment import augment_decision, augmented_train_set
 from distill.engine.evaluation import evaluate
 from distill.engine.layer_map import build_layer_map
 from distill.engine.losses import LOSSES
 from distill.engine.objectives import DistillObjective, save_projections, with_teacher_logits
 from distill.engine.placement import placement
+from distill.engine.trainer import steps_per_epoch, total_steps
 from distill.stages.context import RunContext, save_hf_folder
+from distill.stages.records import announce_once
 from distill.tasks import kind_of_folder
 from students.build import count_parameters
 from students.presets import resolve_shape
@@ -71,8 +76,10 @@ def distill_saver(ctx: RunContext):
 
 
 def projections_file(stage_dir: Path) -> Path:
-    """Where a distillation stage's trained projections are: in its model folder."""
-    return Path(stage_dir) / "model" / PROJECTIONS
+    """Where a distillation stage's trained projections are: in its model folder (a stage finished by an
+    earlier version kept them beside it; that file is still found)."""
+    inside, beside = Path(stage_dir) / "model" / PROJECTIONS, Path(stage_dir) / PROJECTIONS
+    return beside if beside.is_file() and not inside.is_file() else inside
 
 
 def load_finetuned(folder: Path):
@@ -101,10 +108,53 @@ def task_objective(ctx: RunContext, losses: dict[str, float], student, teacher,
 
 
 def train_set_for(ctx: RunContext, teacher_dir: Path):
-    aug = ctx.cfg.task_distill.augment
-    if not aug.enabled:
-        return ctx.tokenized["train"]
-    return augmented_train_set(ctx, teacher_dir)
+    """The training rows of 2a and 2b: the tokenized split, augmented when asked for or when it is small
+    (task_distill.augment.auto_below; said once in the log)."""
+    augment, why = augment_decision(ctx)
+    if why:
+        announce_once(f"augment:{ctx.run_dir}", why)
+    return augmented_train_set(ctx, teacher_dir) if augment else ctx.tokenized["train"]
+
+
+# a floored stage that scores dev scores it at most this often over its run (see step_floor)
+FLOOR_DEV_SCORES = 10
+
+
+def step_floor(train: TrainConfig, examples: int, batches_per_epoch: int, min_steps: int, key: str, stage: str,
+               dev_scored: bool = False) -> tuple[TrainConfig, str]:
+    """A stage's schedule with its step floor applied, and the log line saying what the floor changed ("" when
+    it changed nothing). ``train``: the stage's TrainConfig; ``examples``/``batches_per_epoch``: its training
+    rows and the batches one process takes from them per epoch; ``min_steps``: the floor (``key`` names it).
+
+    Only a stage given in epochs is floored (``max_steps`` > 0: the user chose). Below the floor it trains
+    ``min_steps`` steps (max_steps), more passes over the same data; a ``dev_scored`` stage (2b) whose
+    ``eval_every`` would score dev only at the end then scores it after every stretch as long as its own
+    schedule (at most FLOOR_DEV_SCORES times), so the best model is kept, not the last of the longer run."""
+    if train.max_steps > 0 or min_steps <= 0:
+        return train, ""
+    steps = total_steps(train, batches_per_epoch)
+    if steps >= min_steps:
+        return train, ""
+    floored = dataclasses.replace(train, max_steps=min_steps)  # a new schedule: the config is never changed
+    scoring = ""
+    if dev_scored and (train.eval_every == 0 or train.eval_every >= min_steps):
+        every = max(steps, math.ceil(min_steps / FLOOR_DEV_SCORES))
+        floored = dataclasses.replace(floored, eval_every=every)
+        scoring = f"; dev scored every {every:,} steps, the best kept"
+    epochs = min_steps / steps_per_epoch(train, batches_per_epoch)
+    return floored, (f"[{stage}] {examples:,} examples x {train.epochs:g} epochs = {steps:,} steps < {key}="
+                     f"{min_steps:,}: training {min_steps:,} steps ({epochs:.1f} epochs){scoring}")
+
+
+def floored_schedule(train: TrainConfig, loader, min_steps: int, key: str, stage: str,
+                     dev_scored: bool = False) -> TrainConfig:
+    """step_floor for a stage about to train on ``loader`` (each of N processes takes 1/N of its batches);
+    prints what the floor changed."""
+    batches = math.ceil(len(loader) / process_count())
+    schedule, why = step_floor(train, len(loader.dataset), batches, min_steps, key, stage, dev_scored)
+    if why:
+        print(why)
+    return schedule
 
 
 def cache_teacher_logits(ctx: RunContext, objective: DistillObjective, teacher, train_set,

@@ -162,10 +162,7 @@ class QuestionAnswering(TaskKind):
                                 "use soft_ce (and hard_ce)")
 
     def check_config(self, cfg) -> None:
-        super().check_config(cfg)
-        if cfg.task_distill.augment.enabled:
-            raise TaskKindError("config key 'task_distill.augment.enabled': TinyBERT word replacement would move "
-                                "the answer spans; set it to false for question answering")
+        super().check_config(cfg)  # augmentation replaces question words only (distill.data.augment.ReplaceRule)
         try:
             check_budget(cfg.task.max_len, self.doc_stride, self.max_question_len)
         except ValueError as err:

@@ -162,12 +162,6 @@ class TokenClassification(TaskKind):
             raise TaskKindError(f"config key '{key}.{bad[0]}': a regression loss on a token classification task; "
                                 "use soft_ce (and hard_ce)")
 
-    def check_config(self, cfg) -> None:
-        super().check_config(cfg)
-        if cfg.task_distill.augment.enabled:
-            raise TaskKindError("config key 'task_distill.augment.enabled': TinyBERT word replacement would change "
-                                "the words the tags belong to; set it to false for token classification")
-
     def rows(self, logits, labels, attention_mask):
         lengths = attention_mask.sum(-1)
         if left_padded(attention_mask):
