@@ -290,6 +290,7 @@ def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, ti
                  "general.enabled=false",
                  "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
                  "task_distill.intermediate.batch_size=8",
+                 "task_distill.augment.auto_below=0",  # the 40 originals only
                  "task_distill.intermediate.max_steps=12",  # 40 examples in 5 batches: 2.4 passes
                  "task_distill.intermediate.save_every=0", "task_distill.intermediate.log_every=4"]
     ctx = RunContext(load_config(None, overrides))

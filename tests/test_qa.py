@@ -241,9 +241,7 @@ def test_settings_question_answering_cannot_honour_are_refused():
     QuestionAnswering(doc_stride=64, max_question_len=64).check_config(cfg)
     with pytest.raises(TaskKindError, match="logits_mse': a regression loss on a question answering task"):
         kind.check_losses({"soft_ce": 1.0, "logits_mse": 1.0}, "prune.recovery_losses")
-    cfg = load_config(None, ["task.max_len=384", "task_distill.augment.enabled=true"])
-    with pytest.raises(TaskKindError, match="augment.enabled': TinyBERT word replacement would move the answer"):
-        kind.check_config(cfg)
+    kind.check_config(load_config(None, ["task.max_len=384", "task_distill.augment.enabled=true"]))  # question words only
 
 
 def test_export_agreement_counts_near_ties_as_agreeing_and_real_flips_as_not():

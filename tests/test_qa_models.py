@@ -98,7 +98,7 @@ def test_onnx_start_and_end_logits_match_pytorch_and_give_the_same_em_f1(tmp_pat
     batches, check_labels = _batches_and_labels(loader(data, windows, tokenizer, 5), kind)
     results = export_model(qa_model_dir, tmp_path / "export", "student-task", ["fp32", "fp32-fused", "int8-dynamic"],
                            batches, check_labels, "squad_f1", batches[:2], 48, tensorrt=False, max_metric_drop=0.05,
-                           kind=kind)
+                           kind=kind, examples=data.test)
     assert results["fp32"]["check"]["examples"] == 2 * len(windows)  # a start row and an end row per window
     assert results["fp32"]["check"]["max_abs_diff"] < 1e-4
     path = tmp_path / "export" / "student-task-fp32-fused" / "model.onnx"
@@ -115,10 +115,10 @@ def test_onnx_start_and_end_logits_match_pytorch_and_give_the_same_em_f1(tmp_pat
         np.testing.assert_allclose(start, ref.start_logits.numpy(), atol=1e-3)
         np.testing.assert_allclose(end, ref.end_logits.numpy(), atol=1e-3)
     # EM/F1 from the ONNX outputs with the same post-processing as PyTorch's evaluation
-    torch_scores = evaluate(model, loader(data, windows, tokenizer, 5), data)
-    labels = [b["labels"].numpy() for b in loader(data, windows, tokenizer, 5)]
-    onnx_scores = score_batches(data, onnx_export.onnx_batch_logits(sess, batches, kind), labels,
-                                [b["attention_mask"] for b in batches])
+    torch_scores = evaluate(model, loader(data, windows, tokenizer, 5), data, data.test)
+    gold = [kind.gold(b) for b in loader(data, windows, tokenizer, 5)]  # each window's question id and offsets
+    onnx_scores = score_batches(data, onnx_export.onnx_batch_logits(sess, batches, kind), gold,
+                                [b["attention_mask"] for b in batches], examples=data.test)
     assert onnx_scores["f1"] == pytest.approx(torch_scores["f1"], abs=1e-6)
     assert onnx_scores["exact_match"] == pytest.approx(torch_scores["exact_match"], abs=1e-6)
 
@@ -144,8 +144,8 @@ def test_pruned_qa_student_reloads_and_answers(tmp_path, qa_model_dir, task, tok
     got = answer_questions(again, tokenizer, questions, contexts, max_len=48, doc_stride=16, max_question_len=16)
     assert all(a in c for a, c in zip(got, contexts))
     # the same answers as the pipeline's own evaluation path (the kind's post-processing over all windows)
-    rows = data.kind.answers(*_rows(again, data, windows, tokenizer))
-    assert list(rows.values())[0] == dict(enumerate(got))
+    rows = data.kind.answers(*_rows(again, data, windows, tokenizer), data.test)
+    assert rows == dict(zip(data.test["id"], got))
 
 
 def _rows(model, data, windows, tokenizer):
