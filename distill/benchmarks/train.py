@@ -236,12 +236,30 @@ class _Stamped(torch.utils.data.IterableDataset):
         return len(self.batches)
 
 
+def _recording_distiller(device, out: str, steps: int, dcfg, teacher, student, adaptor_t, adaptor_s,
+                         losses: list[float]):
+    """TextBrewer's GeneralDistiller writing into ``out``, appending each step's total loss to ``losses``."""
+    from textbrewer import GeneralDistiller, TrainingConfig
+
+    config = TrainingConfig(device=device, log_dir=None, output_dir=out, ckpt_steps=steps)
+    distiller = GeneralDistiller(config, dcfg, model_T=teacher, model_S=student, adaptor_T=adaptor_t,
+                                 adaptor_S=adaptor_s)
+    write_loss = distiller.write_loss
+
+    def record_loss(total, step, terms=None):
+        losses.append(float(total.detach()))
+        write_loss(total, step, terms)
+
+    distiller.write_loss = record_loss
+    return distiller
+
+
 def run_textbrewer(args) -> dict:
     """TextBrewer's own loop, GeneralDistiller.train(num_steps), with its README's setup."""
     import random
 
     import textbrewer
-    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+    from textbrewer import DistillationConfig
     from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from distill.base import assets
@@ -282,16 +300,7 @@ def run_textbrewer(args) -> dict:
         return batch
 
     with tempfile.TemporaryDirectory() as out:
-        config = TrainingConfig(device="cpu", log_dir=None, output_dir=out, ckpt_steps=len(batches))
-        distiller = GeneralDistiller(config, dcfg, model_T=teacher, model_S=student, adaptor_T=adaptor_t,
-                                     adaptor_S=adaptor_s)
-        write_loss = distiller.write_loss
-
-        def record_loss(total, step, terms=None):
-            losses.append(float(total.detach()))
-            write_loss(total, step, terms)
-
-        distiller.write_loss = record_loss
+        distiller = _recording_distiller("cpu", out, len(batches), dcfg, teacher, student, adaptor_t, adaptor_s, losses)
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
         with distiller:
             distiller.train(optimizer, batches, num_steps=len(batches), batch_postprocessor=stamp, **forward_args)
@@ -506,7 +515,7 @@ def engine_round(student, projections, teacher, matches, batches, device: torch.
 def textbrewer_round(student, teacher, pairs, batches, device: torch.device, dtype) -> tuple[list[float], list[float]]:
     """TextBrewer's GeneralDistiller on the same batches and losses (one projection per match, its design),
     under the same autocast; a step's time runs from one batch_postprocessor call (after a sync) to the next."""
-    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+    from textbrewer import DistillationConfig
 
     s_width, t_width = student.config.hidden_size, teacher.config.hidden_size
     matches = [{"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
@@ -522,16 +531,7 @@ def textbrewer_round(student, teacher, pairs, batches, device: torch.device, dty
 
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with tempfile.TemporaryDirectory() as out:
-        config = TrainingConfig(device=device, log_dir=None, output_dir=out, ckpt_steps=len(batches))
-        distiller = GeneralDistiller(config, dcfg, model_T=teacher, model_S=student, adaptor_T=adaptor,
-                                     adaptor_S=adaptor)
-        write_loss = distiller.write_loss
-
-        def record_loss(total, step, terms=None):
-            losses.append(float(total.detach()))
-            write_loss(total, step, terms)
-
-        distiller.write_loss = record_loss
+        distiller = _recording_distiller(device, out, len(batches), dcfg, teacher, student, adaptor, adaptor, losses)
         optimizer = torch.optim.AdamW(_decay_groups(list(student.named_parameters())), lr=LR, fused=True)
         with distiller, autocast:
             distiller.train(optimizer, batches, num_steps=len(batches), batch_postprocessor=stamp,
