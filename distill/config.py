@@ -42,6 +42,11 @@ class TrainConfig:
     save_every: int = 100  # write a resumable checkpoint every N optimizer steps
     log_every: int = 10  # append metrics.jsonl / wandb every N optimizer steps
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
+    # attention kernel of the model this run trains (the teacher inside distillation always runs sdpa: the
+    # losses read queries and keys through hooks, never the maps). auto: sdpa on CUDA, eager elsewhere, so the
+    # CPU reference figures stay bit-identical; eager is kept where maps or a trace are needed (ONNX export,
+    # torch-pruning), whatever this says.
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
 
     def validate(self, prefix: str) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, f"{prefix}.epochs", "must be > 0 (or set max_steps)")
@@ -54,6 +59,7 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, f"{prefix}.max_grad_norm", "must be >= 0")
         for name in ("eval_every", "save_every", "log_every"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        _check(self.attention in ("auto", "sdpa", "eager"), f"{prefix}.attention", "must be auto, sdpa or eager")
 
 
 @dataclass

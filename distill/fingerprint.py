@@ -27,8 +27,11 @@ def stage_value(value: Any) -> Any:
     from distill.config import TrainConfig
 
     if is_dataclass(value) and not isinstance(value, type):
-        skip = NO_EFFECT_KEYS if isinstance(value, TrainConfig) else ()
-        return {f.name: stage_value(getattr(value, f.name)) for f in fields(value) if f.name not in skip}
+        from distill.engine.trainer import added_later
+
+        train = isinstance(value, TrainConfig)
+        return {f.name: stage_value(getattr(value, f.name)) for f in fields(value)
+                if not (train and (f.name in NO_EFFECT_KEYS or added_later(f.name, getattr(value, f.name))))}
     if isinstance(value, dict):
         return {k: stage_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -43,6 +43,29 @@ def resolve_precision(mode: str) -> str:
     return "no"
 
 
+def resolve_attention(mode: str, device: torch.device) -> str:
+    """auto: PyTorch's fused attention (sdpa) on CUDA, where it pays most; eager elsewhere, which keeps the
+    CPU reference figures bit-identical. Training never needs eager: attention losses read queries and keys
+    through hooks (distill.engine.features), so no stage asks the model for its attention maps."""
+    if mode != "auto":
+        return mode
+    return "sdpa" if device.type == "cuda" else "eager"
+
+
+def use_attention(model: nn.Module, kernel: str) -> str:
+    """Every Hugging Face model inside ``model`` runs ``kernel`` attention; returns the kernel it runs (a model
+    class without sdpa support keeps eager)."""
+    ran = kernel
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(module, "set_attn_implementation") and getattr(config, "_attn_implementation", kernel) != kernel:
+            try:
+                module.set_attn_implementation(kernel)
+            except (ValueError, ImportError):
+                ran = getattr(config, "_attn_implementation", "eager")
+    return ran
+
+
 def placement(mixed_precision: str) -> Placement:
     """The device accelerate gives this process and the autocast dtype of ``mixed_precision``
     (auto | no | bf16 | fp16, resolved as the trainer resolves it)."""

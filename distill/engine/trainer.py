@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distill.base.fsutil import begin_replace, commit_replace, recover_folder, scratch_path
-from distill.engine.placement import resolve_precision
+from distill.engine.placement import resolve_attention, resolve_precision, use_attention
 from distill.base.ranks import is_main_process, process_group_kwargs, wait_for_everyone
 from distill.engine.tracking import Tracker
 
@@ -153,9 +153,18 @@ def _across_ranks(accelerator: Accelerator, record: dict[str, float], throughput
     return mean, sum(t for _, t in records)
 
 
+# TrainConfig keys added after checkpoints and run folders were written, with the value they had before:
+# left out of resume settings and stage fingerprints at that value, so those are still resumed and reused
+ADDED_LATER = {"attention": "auto"}
+
+
+def added_later(key: str, value) -> bool:
+    return key in ADDED_LATER and ADDED_LATER[key] == value
+
+
 def _resume_settings(cfg: TrainConfig) -> dict:
     """The settings a checkpoint's position depends on (how often it saves or logs does not matter)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")}
+    return {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every") and not added_later(k, v)}
 
 
 def _check_resumable(saved: dict, fresh: dict, ckpt: Path) -> None:
@@ -205,6 +214,9 @@ def train(objective: Objective, loader: DataLoader, cfg: TrainConfig, out_dir: P
     set_seed(seed)
     accelerator = fresh_accelerator(cfg)
     objective.to(accelerator.device)
+    kernel = use_attention(objective.trainable, resolve_attention(cfg.attention, accelerator.device))
+    if kernel != "eager" and is_main_process():
+        print(f"[{desc}] attention: {kernel} ({cfg.attention}; the losses read queries and keys, never the maps)")
     model = objective.trainable
     sampler = getattr(loader, "batch_sampler", None)  # our own; accelerate's wrappers do not pass set_epoch on
     if len(loader) == 0:
