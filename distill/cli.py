@@ -78,6 +78,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             epilog=OVERRIDES)
         sub.add_argument("--config", "-c", default=None, help="experiment YAML (default: built-in defaults)")
         sub.add_argument("overrides", nargs="*", default=[], help="optional key.sub=value overrides")
+    # its own flags (python -m distill choose-student --help); listed here, parsed by its module
+    commands.add_parser(CHOOSE, add_help=False, help="time candidate student shapes on this machine and pick the "
+                        "largest that meets a speed budget, e.g. --budget 2ms@128; writes a student: section")
     return parser, subs
 
 
@@ -109,8 +112,30 @@ def _main_process_speaks() -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of this process)
 
 
+CHOOSE = "choose-student"
+CHOOSE_MODULE = "distill.benchmarks.choose"  # a sibling layer of the CLI (.importlinter): run by name, not imported
+
+
+def _run_choose(argv: list[str]) -> int:
+    """``choose-student``: the benchmark module's own command line, in this process."""
+    import importlib
+
+    i = next(i for i, a in enumerate(argv) if a == CHOOSE and (i == 0 or argv[i - 1] not in ("--config", "-c")))
+    saved = sys.argv
+    sys.argv = [f"python -m distill {CHOOSE}", *argv[:i], *argv[i + 1:]]
+    try:
+        importlib.import_module(CHOOSE_MODULE).main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
-    command, args = parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == CHOOSE and (i == 0 or argv[i - 1] not in ("--config", "-c")) for i, a in enumerate(argv)):
+        _quiet_libraries()
+        return _run_choose(argv)
+    command, args = parse(argv)
     from distill.config import load_config, to_dict
 
     cfg = load_config(args.config, args.overrides)  # validated: nothing heavy has happened yet
