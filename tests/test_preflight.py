@@ -208,3 +208,15 @@ def test_a_finished_stage_is_not_reused_after_its_data_changed(base, task_folder
     with pytest.raises(StageConflictError, match=r"inputs\.task\.name"):
         _stages(base)["teacher"].is_done()
     assert json.loads((stage.dir / "stage.json").read_text())["settings"]["inputs"]["task.name"]
+
+
+def test_mlm_augmentation_switched_on_by_a_small_split_checks_the_mlm_head_first(base):
+    """The small task split (under augment.auto_below) turns augmentation on by itself: with method=mlm and a
+    teacher without an MLM head the run stops in preflight, as it does when augmentation is asked for; with
+    auto_below=0 nothing is augmented and nothing is checked."""
+    with pytest.raises(Exception, match="needs an MLM head"):
+        _preflight(base + ["task_distill.augment.method=mlm"])
+    with pytest.raises(Exception, match="needs an MLM head"):
+        _preflight(base + ["task_distill.augment.method=mlm", "task_distill.augment.enabled=true",
+                           "task_distill.augment.auto_below=0"])
+    _preflight(base + ["task_distill.augment.method=mlm", "task_distill.augment.auto_below=0"])

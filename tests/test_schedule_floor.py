@@ -150,6 +150,8 @@ def test_a_200_example_task_gets_augmentation_and_the_step_floor_in_2a_and_2b(tm
             in out)
     assert ("[2b] 400 examples x 1 epochs = 13 steps < task_distill.min_steps_2b=25: training 25 steps (1.9 epochs); "
             "dev scored every 13 steps, the best kept" in out)
+    # the floored 2a makes 2.3 passes, so the teacher feature cache pays (the recipe's own 1 epoch would not)
+    assert "2a makes 1 pass over its data" not in out and "of 400 examples computed once" in out
     intermediate = json.loads((stage_run(ctx, "2a").dir / "result.json").read_text())
     prediction = json.loads((stage_run(ctx, "2b").dir / "result.json").read_text())
     assert intermediate["steps"] == 30 and intermediate["train_examples"] == 400

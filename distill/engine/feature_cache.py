@@ -405,13 +405,14 @@ def _room_for(folder: Path, size: int, max_gb: float) -> bool:
     return True
 
 
-def prepare(ctx, objective, teacher_dir: Path | str, train_set):
+def prepare(ctx, objective, teacher_dir: Path | str, train_set, train_cfg=None):
     """Stage 2a: serve ``objective``'s teacher features from a disk cache when that pays and fits.
+    ``train_cfg``: the schedule 2a will train (its step floor applied); default task_distill.intermediate.
 
     Returns the training set to train on: with an ``example_id`` column when the cache is used (and
     ``objective`` then reads it), else ``train_set`` unchanged."""
     t = ctx.cfg.task_distill
-    train_cfg = t.intermediate
+    train_cfg = train_cfg or t.intermediate
     if not t.feature_cache:
         return train_set
     if getattr(ctx.tokenizer, "padding_side", "right") != "right":

@@ -51,16 +51,16 @@ def preflight(cfg: ExperimentConfig, ctx: RunContext, general_will_run: bool = T
         if not has_mlm_head(name):
             raise InputError(f"general.losses uses MLM terms but {name!r} has no MLM head; remove them or set "
                              "general.teacher to a masked-LM checkpoint")
-    aug = cfg.task_distill.augment
-    if aug.enabled and aug.method == "mlm":
-        from distill.data.augment import mlm_source
-
-        mlm_source(ctx)
     if general_will_run:
         _check_general_corpus(cfg, ctx)
     data = ctx.data  # task data errors surface now
     check_task_losses(cfg, data.is_regression)
     data.kind.check_config(cfg)  # then what the task kind cannot do
+    if cfg.task_distill.augment.method == "mlm":
+        from distill.data.augment import augment_decision, mlm_source
+
+        if augment_decision(ctx)[0]:  # asked for, or switched on by a small training split
+            mlm_source(ctx)
     if cfg.teacher.already_finetuned:
         from teachers.load import finetuned_architectures
 

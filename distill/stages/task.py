@@ -58,9 +58,11 @@ def intermediate(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     train_set = train_set_for(ctx, teacher_dir)
     print(f"[intermediate] student from {init}; {len(train_set)} training examples; layer map:\n"
           f"{describe(objective.matches)}")
-    train_set = feature_cache.prepare(ctx, objective, teacher_dir, train_set)  # when >= 2 epochs and it fits
+    schedule = floored_schedule(t.intermediate, ctx.loader("train", t.intermediate.batch_size, True, train_set),
+                                t.min_steps_2a, "task_distill.min_steps_2a", "2a")
+    # the cache pays from 2 passes: counted on the schedule that will run, the step floor included
+    train_set = feature_cache.prepare(ctx, objective, teacher_dir, train_set, schedule)
     loader = ctx.loader("train", t.intermediate.batch_size, True, train_set)
-    schedule = floored_schedule(t.intermediate, loader, t.min_steps_2a, "task_distill.min_steps_2a", "2a")
     tracker = ctx.tracker(stage.dir, "intermediate")
     result = train(objective, loader, schedule, stage.dir, save_model=distill_saver(ctx), tracker=tracker,
                    seed=cfg.seed, desc="2a intermediate")
