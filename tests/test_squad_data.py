@@ -72,3 +72,26 @@ def test_local_folder_with_train_and_dev_only_uses_dev_as_test(tmp_path):
     assert {t.split()[0] for t in test["title"]} == {"held"}
     assert not set(dev_split["title"]) & set(train["title"])
     assert test.column_names == ["id", "title", "context", "question", "answers"]
+
+
+def test_an_index_that_no_longer_serves_the_sdist_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    # December 2026: PyPI lists only bigbench 0.0.1; the fetch must say so, not "could not fetch (... )"
+    import io
+
+    from distill.data import squad
+
+    listing = {"files": [{"filename": "bigbench-0.0.1.tar.gz", "url": "https://example.invalid/b.tar.gz"}]}
+    opened = []
+
+    def urlopen(request, timeout=None):
+        opened.append(getattr(request, "full_url", request))
+        return io.BytesIO(json.dumps(listing).encode())
+
+    monkeypatch.setattr(squad.urllib.request, "urlopen", urlopen)
+    with pytest.raises(QADataError) as err:
+        squad.fetch_embedded_squad(tmp_path / "squad")
+    message = str(err.value)
+    assert "no longer serves bigbench-1.0.0.tar.gz" in message and "bigbench-0.0.1.tar.gz" in message
+    assert "squaddev_v1.1.json" in message and "\n" not in message
+    assert len(opened) == 1  # the listing only: nothing downloaded
+    assert not (tmp_path / "squad").exists()  # no empty folder left behind

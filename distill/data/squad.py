@@ -101,10 +101,16 @@ def fetch_bigbench_files(members: tuple[str, ...], folder: Path, why: str, offli
     request = urllib.request.Request(f"{index}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
         listing = json.load(urllib.request.urlopen(request, timeout=60))
+        files = [f["filename"] for f in listing["files"]]
+        if SDIST not in files:  # PyPI took bigbench 1.0.0 down in December 2026 and lists only 0.0.1
+            raise QADataError(f"{index} no longer serves {SDIST} (it lists {', '.join(files) or 'nothing'}); "
+                              f"{offline_fix}")
         url = next(f["url"] for f in listing["files"] if f["filename"] == SDIST)
         if url.startswith("/"):
             url = index.split("/simple")[0] + url
         response = urllib.request.urlopen(url, timeout=120)
+    except QADataError:
+        raise
     except (OSError, StopIteration, KeyError, ValueError) as err:
         raise QADataError(f"could not fetch {SDIST} from {index} ({err}); with no network, {offline_fix}") from None
     folder.mkdir(parents=True, exist_ok=True)
