@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 from distill.engine.tracking import read_metrics
 from distill.report.report import write_report
-from distill.stages.teacher import RISING_MARGIN, check_trend, dev_trend
+from distill.stages.common import RISING_MARGIN, dev_trend
+from distill.stages.teacher import check_trend
 
 
 def _metrics(folder, evals):
@@ -86,3 +87,42 @@ def test_report_without_baseline_or_trend_says_nothing(tmp_path):
     _result(tmp_path, "student-task", 0.85)
     text = write_report(tmp_path, [], "seed: 1\n", [])[0].read_text()
     assert "student-baseline" not in text and "undertrained" not in text
+
+
+# ---------------------------------------------------------------- the students: 2b and pruning recovery
+
+def _student_ctx(epochs=5.0, max_steps=0, recovery_epochs=1.0):
+    cfg = SimpleNamespace(task_distill=SimpleNamespace(prediction=SimpleNamespace(epochs=epochs, max_steps=max_steps)),
+                          prune=SimpleNamespace(recovery=SimpleNamespace(epochs=recovery_epochs, max_steps=0)))
+    return SimpleNamespace(data=SimpleNamespace(metric="entity_f1"), cfg=cfg)
+
+
+def test_a_rising_student_is_flagged_by_the_2b_check_with_its_own_fix(tmp_path, capsys):
+    from distill.runner.graph import STAGES
+    from distill.stages.spec import Output
+
+    # wnut16's 2b as measured: dev F1 0.3862, 0.4028, 0.4069, 0.4110 at steps 440..1500
+    folder = _metrics(tmp_path / "student-task", [(440, 0.3862), (880, 0.4028), (1320, 0.4069), (1500, 0.4110)])
+    STAGES["2b"].check(_student_ctx(epochs=5), Output(folder, folder / "model"))
+    out = capsys.readouterr().out
+    assert "[student] WARNING the student may be undertrained" in out and "0.4069 to 0.4110" in out
+    assert "task_distill.prediction.epochs=10 (now 5)" in out and "teacher.finetune" not in out
+    saved = json.loads((folder / "trend.json").read_text())
+    assert saved["rising"] and saved["fix"] == "task_distill.prediction.epochs=10 (now 5)"
+    text = write_report(tmp_path, [], "seed: 1\n", [])[0].read_text()
+    assert ("Student may be undertrained: dev entity_f1 rose from 0.4069 to 0.4110 over its last evaluations"
+            in text) and "task_distill.prediction.epochs=10 (now 5)" in text
+
+
+def test_the_recovery_check_names_the_recovery_schedule_and_a_converged_student_says_nothing(tmp_path, capsys):
+    from distill.runner.graph import STAGES
+    from distill.stages.spec import Output
+
+    pruned = _metrics(tmp_path / "student-pruned", [(60, 0.30), (120, 0.39)])
+    STAGES["prune"].check(_student_ctx(recovery_epochs=1), Output(pruned, pruned / "model"))
+    assert "prune.recovery.epochs=2 (now 1)" in capsys.readouterr().out
+    converged = _metrics(tmp_path / "student-task", [(100, 0.80), (200, 0.85), (300, 0.849)])
+    STAGES["2b"].check(_student_ctx(), Output(converged, converged / "model"))
+    assert "undertrained" not in capsys.readouterr().out
+    text = write_report(tmp_path, [], "seed: 1\n", [])[0].read_text()
+    assert "Pruned student may be undertrained" in text and "Student may be undertrained" not in text

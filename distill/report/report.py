@@ -163,16 +163,24 @@ def _read_result(path: Path) -> dict:
         return {}
 
 
+TREND_STAGES = (("teacher", "Teacher"), ("student-task", "Student"), ("student-pruned", "Pruned student"))
+
+
 def teacher_trend_notes(run_dir: Path) -> list[str]:
-    """A sentence when the teacher's dev score was still rising when its training stopped (teacher/trend.json,
-    written by the teacher check)."""
-    trend = _read_result(Path(run_dir) / "teacher" / "trend.json")
-    if not trend.get("rising"):
-        return []
-    history = ", ".join(f"{v:.4f} @ step {s}" for s, v in zip(trend["steps"], trend["scores"]))
-    return [f"Teacher may be undertrained: dev {trend.get('metric', 'score')} rose from {trend['scores'][-2]:.4f} "
-            f"to {trend['scores'][-1]:.4f} over its last evaluations ({history}); its best score is its last. "
-            "Train it longer (teacher.finetune.epochs or max_steps, with a new run_id) before distilling."]
+    """A sentence for each trained model (teacher, student, pruned student) whose dev score was still rising
+    when its training stopped (<stage>/trend.json, written by the stage's check)."""
+    notes = []
+    for folder, who in TREND_STAGES:
+        trend = _read_result(Path(run_dir) / folder / "trend.json")
+        if not trend.get("rising"):
+            continue
+        history = ", ".join(f"{v:.4f} @ step {s}" for s, v in zip(trend["steps"], trend["scores"]))
+        fix = trend.get("fix") or "teacher.finetune.epochs or max_steps"  # trend.json written before `fix` existed
+        then = " before distilling" if folder == "teacher" else ""
+        notes.append(f"{who} may be undertrained: dev {trend.get('metric', 'score')} rose from "
+                     f"{trend['scores'][-2]:.4f} to {trend['scores'][-1]:.4f} over its last evaluations ({history}); "
+                     f"its best score is its last. Train it longer ({fix}, with a new run_id){then}.")
+    return notes
 
 
 def baseline_section(run_dir: Path) -> list[str]:

@@ -17,6 +17,8 @@ from distill.engine.placement import placement
 from distill.engine.trainer import steps_per_epoch, total_steps
 from distill.stages.context import RunContext, save_hf_folder
 from distill.stages.records import announce_once
+from distill.engine.tracking import read_metrics
+from distill.report.summary import write_json_once
 from distill.tasks import kind_of_folder
 from students.build import count_parameters
 from students.presets import resolve_shape
@@ -202,3 +204,52 @@ def print_scores(name: str, scores: dict, ctx: RunContext) -> None:
 def teacher_baseline_formats(e) -> list[str]:
     """Formats the teacher is exported in for the bench's runtime rows (none when it is a model to ship)."""
     return [] if "teacher" in e.models else list(e.teacher_formats)
+
+
+# ------------------------------------------------------------------ a training run stopped while still improving
+
+TREND_FILE = "trend.json"  # a stage's last dev scores, in its stage folder; the report reads it
+# a model may be undertrained when its last evaluation is its best and beat the one before by more than this
+RISING_MARGIN = 0.002
+TREND_EVALS = 4  # how many of the last evaluations the warning and trend.json show
+
+
+def dev_trend(records: list[dict], margin: float = RISING_MARGIN) -> dict | None:
+    """The dev scores a training run logged (``dev_score`` rows of its metrics.jsonl), last ones first
+    looked at: ``rising`` when the last evaluation is the best so far and beat the one before by more than
+    ``margin`` (the run likely stopped before the model converged). None with fewer than two evaluations."""
+    evals = sorted((r["step"], r["dev_score"]) for r in records if isinstance(r.get("dev_score"), (int, float)))
+    if len(evals) < 2:
+        return None
+    steps, scores = [s for s, _ in evals], [v for _, v in evals]
+    last, previous = scores[-1], scores[-2]
+    rising = last >= max(scores) and last - previous > margin  # False for NaN
+    return {"rising": rising, "steps": steps[-TREND_EVALS:], "scores": scores[-TREND_EVALS:], "margin": margin}
+
+
+def train_longer(train: TrainConfig, key: str) -> str:
+    """The override that doubles a schedule: ``<key>.max_steps`` when it is set, else ``<key>.epochs``."""
+    if train.max_steps:
+        return f"{key}.max_steps={train.max_steps * 2} (now {train.max_steps})"
+    return f"{key}.epochs={train.epochs * 2:g} (now {train.epochs:g})"
+
+
+def check_dev_trend(ctx: RunContext, stage_dir: Path, who: str, train: TrainConfig, key: str,
+                    why: str = "") -> dict | None:
+    """Read a trained stage's dev history from its metrics.jsonl, keep it as ``trend.json`` for the report,
+    and warn (once per process) when the dev score was still rising when training stopped: ``who`` names
+    the model, ``key`` its schedule's config section (the fix doubles it), ``why`` says what longer buys."""
+    trend = dev_trend(read_metrics(stage_dir / "metrics.jsonl"))
+    if trend is None:
+        return None
+    trend.update(metric=ctx.data.metric, who=who, fix=train_longer(train, key))
+    write_json_once(stage_dir / TREND_FILE, trend)
+    if trend["rising"]:
+        history = ", ".join(f"{v:.4f} @ step {s}" for s, v in zip(trend["steps"], trend["scores"]))
+        announce_once(f"trend:{stage_dir}", (
+            f"[{who}] WARNING the {who} may be undertrained: dev {ctx.data.metric} still rose from "
+            f"{trend['scores'][-2]:.4f} to {trend['scores'][-1]:.4f} at its last evaluation (by more than "
+            f"{trend['margin']:g}), and its best score is the last one\n"
+            f"  evidence: last dev {ctx.data.metric} scores: {history}\n"
+            f"  fix: train longer: {trend['fix']}, with a new run_id=...{why}"))
+    return trend

@@ -7,7 +7,7 @@ from distill.engine.evaluation import evaluate
 from distill.engine.placement import placement
 from distill.engine.trainer import train
 from distill.passes.prune import prune_model
-from distill.stages.common import (cache_teacher_logits, final_scores, load_finetuned, print_scores, task_objective)
+from distill.stages.common import (cache_teacher_logits, check_dev_trend, final_scores, load_finetuned, print_scores, task_objective)
 from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
 
@@ -50,4 +50,6 @@ STAGE = Stage("prune", "student-pruned", "heads + FFN neurons removed (torch-pru
               settings, work,
               reads=lambda cfg: ("teacher", "general", "2a", "2b") if cfg.general.enabled else ("teacher", "2a", "2b"),
               enabled=lambda cfg: cfg.prune.enabled,
-              describe=lambda out: f"test {out.result['test']['score']:.4f}" if "test" in out.result else "")
+              describe=lambda out: f"test {out.result['test']['score']:.4f}" if "test" in out.result else "",
+              check=lambda ctx, out: check_dev_trend(ctx, out.dir, "pruned student", ctx.cfg.prune.recovery,
+                                                     "prune.recovery"))

@@ -9,7 +9,7 @@ from distill.engine.evaluation import evaluate
 from distill.engine.layer_map import describe
 from distill.engine.trainer import train
 from distill.fingerprint import input_digests, stage_value
-from distill.stages.common import (cache_teacher_logits, distill_saver, final_scores, floored_schedule,
+from distill.stages.common import (cache_teacher_logits, check_dev_trend, distill_saver, final_scores, floored_schedule,
                                    load_finetuned, print_scores, student_shape, task_objective, train_set_for)
 from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
@@ -114,4 +114,6 @@ INTERMEDIATE = Stage("2a", "student-intermediate", "stage 2a: embeddings, attent
 PREDICTION = Stage("2b", "student-task", "stage 2b: soft labels of the fine-tuned teacher (+ optional gold)",
                    prediction_settings, prediction,
                    reads=lambda cfg: ("teacher", "general", "2a") if cfg.general.enabled else ("teacher", "2a"),
-                   describe=_test_score)
+                   describe=_test_score,
+                   check=lambda ctx, out: check_dev_trend(ctx, out.dir, "student", ctx.cfg.task_distill.prediction,
+                                                          "task_distill.prediction"))

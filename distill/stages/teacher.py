@@ -17,13 +17,12 @@ from distill.stages.context import RunContext
 from distill.engine.evaluation import evaluate
 from distill.fingerprint import input_digests
 from distill.engine.objectives import FineTuneObjective
-from distill.stages.common import load_finetuned
+from distill.stages.common import check_dev_trend, load_finetuned
 from distill.stages.records import announce_once
 from distill.stages.spec import Output, Stage
 from distill.engine.placement import placement
 from distill.report.summary import (max_len_cost, read_json_on_every_rank, run_summary, score_report, summary_baseline,
                             write_json_once)
-from distill.engine.tracking import read_metrics
 from distill.engine.trainer import train
 from teachers.load import finetuned_labels, load_classifier, local_model_folder
 from distill.base.errors import InputError
@@ -31,10 +30,6 @@ from distill.base.errors import UserError
 
 GATE_KEYS = ("gate", "gate_margin")  # what to do with the result, not how it is built: not fingerprinted
 GIVEN_TEACHER_FILE = "teacher-given.json"  # dev score of an already fine-tuned teacher, evaluated once
-TREND_FILE = "trend.json"  # the teacher's last dev scores, in its stage folder; the report reads it
-# the teacher may be undertrained when its last evaluation is its best and beat the one before by more than this
-RISING_MARGIN = 0.002
-TREND_EVALS = 4  # how many of the last evaluations the warning and trend.json show
 
 
 class TeacherGateError(UserError, RuntimeError):
@@ -176,39 +171,8 @@ def gate_message(ctx: RunContext, scores: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def dev_trend(records: list[dict], margin: float = RISING_MARGIN) -> dict | None:
-    """The dev scores a training run logged (``dev_score`` rows of its metrics.jsonl), last ones first
-    looked at: ``rising`` when the last evaluation is the best so far and beat the one before by more than
-    ``margin`` (the run likely stopped before the teacher converged). None with fewer than two evaluations."""
-    evals = sorted((r["step"], r["dev_score"]) for r in records if isinstance(r.get("dev_score"), (int, float)))
-    if len(evals) < 2:
-        return None
-    steps, scores = [s for s, _ in evals], [v for _, v in evals]
-    last, previous = scores[-1], scores[-2]
-    rising = last >= max(scores) and last - previous > margin  # False for NaN
-    return {"rising": rising, "steps": steps[-TREND_EVALS:], "scores": scores[-TREND_EVALS:], "margin": margin}
-
-
-def trend_message(trend: dict, metric: str, finetune) -> str:
-    """The warning for a rising teacher: its last dev scores with their steps, and how to train longer."""
-    history = ", ".join(f"{v:.4f} @ step {s}" for s, v in zip(trend["steps"], trend["scores"]))
-    more = (f"teacher.finetune.max_steps={finetune.max_steps * 2} (now {finetune.max_steps})" if finetune.max_steps
-            else f"teacher.finetune.epochs={finetune.epochs * 2:g} (now {finetune.epochs:g})")
-    return (f"[teacher] WARNING the teacher may be undertrained: dev {metric} still rose from "
-            f"{trend['scores'][-2]:.4f} to {trend['scores'][-1]:.4f} at its last evaluation (by more than "
-            f"{trend['margin']:g}), and its best score is the last one\n"
-            f"  evidence: last dev {metric} scores: {history}\n"
-            f"  fix: train longer: {more}, with a new run_id=... (a student learns at most what its teacher knows)")
-
-
 def check_trend(ctx: RunContext, stage_dir: Path) -> dict | None:
     """Read the teacher's dev history from its metrics.jsonl, keep it as ``trend.json`` for the report, and
     warn (once per process) when the dev score was still rising when training stopped."""
-    trend = dev_trend(read_metrics(stage_dir / "metrics.jsonl"))
-    if trend is None:
-        return None
-    trend["metric"] = ctx.data.metric
-    write_json_once(stage_dir / TREND_FILE, trend)
-    if trend["rising"]:
-        announce_once(f"trend:{stage_dir}", trend_message(trend, ctx.data.metric, ctx.cfg.teacher.finetune))
-    return trend
+    return check_dev_trend(ctx, stage_dir, "teacher", ctx.cfg.teacher.finetune, "teacher.finetune",
+                           " (a student learns at most what its teacher knows)")
