@@ -302,6 +302,28 @@ class PruneConfig:
         self.recovery.validate(f"{prefix}.recovery")
 
 
+@dataclass
+class QATConfig:
+    """Quantization-aware distillation (opt-in): fake-quantized linear layers (per-channel int8 weights,
+    per-tensor int8 activations, calibrated first) trained with the prediction-layer losses, exported as QDQ."""
+
+    enabled: bool = False
+    models: list[str] = field(default_factory=lambda: ["student-task"])  # student-task and/or student-pruned
+    losses: dict[str, float] = field(default_factory=dict)  # {} = task_distill.prediction_losses
+    calibration_batches: int = 16  # train batches (of 32) that set the activation ranges before training
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0, lr=1e-5, mixed_precision="no"))
+
+    def validate(self, prefix: str) -> None:
+        for m in self.models:
+            _check(m in ("student-task", "student-pruned"), f"{prefix}.models",
+                   f"unknown model {m!r}; choose from ['student-task', 'student-pruned']")
+        _check(bool(self.models) or not self.enabled, f"{prefix}.models", "must name at least one model")
+        _check(self.calibration_batches >= 1, f"{prefix}.calibration_batches", "must be >= 1")
+        if self.losses:
+            _check_losses(self.losses, f"{prefix}.losses", trains=self.enabled)
+        self.train.validate(f"{prefix}.train")
+
+
 EXPORT_FORMATS = ("fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-qdq")
 
 
@@ -369,6 +391,7 @@ class ExperimentConfig:
     general: GeneralStageConfig = field(default_factory=GeneralStageConfig)
     task_distill: TaskStageConfig = field(default_factory=TaskStageConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -384,6 +407,10 @@ class ExperimentConfig:
         self.general.validate("general")
         self.task_distill.validate("task_distill")
         self.prune.validate("prune")
+        self.qat.validate("qat")
+        if self.qat.enabled and "student-pruned" in self.qat.models and not self.prune.enabled:
+            raise ConfigError("config key 'qat.models': lists student-pruned but prune.enabled is false; "
+                              "set qat.models=[student-task]")
         self.export.validate("export")
         self.bench.validate("bench")
         if self.export.enabled and "student-pruned" in self.export.models and not self.prune.enabled:

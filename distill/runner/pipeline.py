@@ -94,6 +94,12 @@ def run_prune(cfg: ExperimentConfig) -> int:
     return 0
 
 
+def run_qat(cfg: ExperimentConfig) -> int:
+    _, out = _run(cfg, "qat")
+    print(f"[qat] QDQ INT8 students -> {out['qat'].model_dir}")
+    return 0
+
+
 def run_export(cfg: ExperimentConfig) -> int:
     ctx, out = _run(cfg, "export")
     print(f"[export] artifacts -> {out['export'].model_dir}")
