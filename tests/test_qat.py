@@ -173,3 +173,15 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
     mtime = (folder / "model.onnx").stat().st_mtime
     assert pipeline.run_qat(cfg) == 0  # finished: reused, not trained again
     assert (folder / "model.onnx").stat().st_mtime == mtime
+
+
+def test_report_puts_the_qat_row_beside_the_post_training_qdq_row(tmp_path):
+    from distill.report.report import qat_section
+
+    assert qat_section(tmp_path, []) == []  # the stage did not run: no section
+    (tmp_path / "student-qat").mkdir()
+    (tmp_path / "student-qat" / "result.json").write_text(json.dumps({"models": {"student-task": {
+        "fp32": {"test": {"score": 0.8009}}, "qdq": {"test": {"score": 0.8001}}, "steps": 200}}}))
+    rows = [{"name": "student-task", "runtime": "onnxruntime-int8-qdq", "score": 0.7955},
+            {"name": "student-task", "runtime": "onnxruntime-int8-dynamic", "score": 0.8009}]
+    assert "| student-task | 0.8009 | 0.7955 | 0.8001 | 200 |" in qat_section(tmp_path, rows)

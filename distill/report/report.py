@@ -202,6 +202,23 @@ def baseline_section(run_dir: Path) -> list[str]:
     return lines
 
 
+def qat_section(run_dir: Path, rows: list[dict]) -> list[str]:
+    """Quantization-aware QDQ INT8 beside post-training QDQ INT8 and fp32 (test scores), when the opt-in qat
+    stage finished (student-qat/result.json); the post-training row is the bench's onnxruntime-int8-qdq."""
+    models = _read_result(Path(run_dir) / "student-qat" / "result.json").get("models", {})
+    if not models:
+        return []
+    ptq = {r["name"]: r.get("score") for r in rows if r.get("runtime") == "onnxruntime-int8-qdq"}
+    lines = ["## Static INT8 (QDQ): post-training vs quantization-aware", "",
+             "| model | fp32 (PyTorch) | post-training QDQ | quantization-aware QDQ | QAT steps |", "|---|---|---|---|---|"]
+    for name, e in models.items():
+        fp32 = e.get("fp32", {}).get("test", {}).get("score")
+        cells = [f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in (fp32, ptq.get(name),
+                                                                              e["qdq"]["test"]["score"])]
+        lines.append(f"| {name} | {' | '.join(cells)} | {e.get('steps', '-')} |")
+    return lines + ["", "Test scores; both QDQ rows run in ONNX Runtime (CPU).", ""]
+
+
 def _markdown_html(lines: list[str]) -> str:
     """Headings, pipe tables and paragraphs of a markdown section as HTML."""
     out, table = [], []
@@ -251,7 +268,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     table += left_out_lines(left_out, table[1].count("|") - 1)
     notes = list(extra)  # as given: the runtime and teacher notes are read off the run again each time
     extra = [*runtime_notes(rows), *teacher_trend_notes(run_dir), *extra]
-    versus = baseline_section(run_dir)
+    versus = baseline_section(run_dir) + qat_section(run_dir, rows)
     if left_out:
         extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)
                      + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json);"
