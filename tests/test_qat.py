@@ -62,12 +62,18 @@ def test_exported_onnx_is_qdq_with_per_channel_weight_scales_equal_to_the_frozen
     model, path = _ready(tmp_path)
     counts = qat.qdq_counts(path)
     n = len(qat.quant_layers(model))
-    assert counts["QuantizeLinear"] == counts["DequantizeLinear"] == 2 * n  # one input and one weight pair each
-    assert counts["per_channel"] == n
+    assert counts["DequantizeLinear"] == 2 * n  # one for the input and one for the weight of each layer
+    assert counts["QuantizeLinear"] == n  # weights are stored already quantized (int8), inputs quantized at run time
+    assert counts["per_channel"] == counts["int8_weights"] == n
     values = _onnx_values(path)
     for name, module in model.named_modules():
         if isinstance(module, qat.QuantLinear):
             w = values[f"inner.{name}.weight_fake_quant.scale"]
+            int8 = next(v for k, v in values.items() if v.dtype == np.int8
+                        and k.replace("/", ".").startswith(f".inner.{name}.weight_fake_quant."))
+            expect_q = torch.fake_quantize_per_channel_affine(module.weight.detach(), module.weight_fake_quant.scale,
+                                                             module.weight_fake_quant.zero_point, 0, -128, 127)
+            np.testing.assert_array_equal(int8 * w[:, None], expect_q.numpy())  # the weights trained against
             assert w.shape == (module.out_features,)
             np.testing.assert_allclose(w, module.weight_fake_quant.scale.numpy(), rtol=1e-6)
             if f"inner.{name}.input_fake_quant.scale" in values:  # equal scales (q, k, v share an input) are one

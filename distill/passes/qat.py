@@ -140,11 +140,66 @@ def export_qdq(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
     was_training = model.training
     onnx_export.export_fp32(model, Path(path), example, kind)
     model.train(was_training)  # the exporter leaves its wrapper's (training) mode on the model
+    fold_weight_quantization(Path(path))
+
+
+def fold_weight_quantization(path: Path) -> int:
+    """Store weights as int8: each QuantizeLinear of a constant fp32 initializer is computed once (round half
+    to even, saturate) and its DequantizeLinear reads the int8 initializer instead,
+    so the file holds int8 weights (a quarter of the size) and the graph stays QDQ. Returns how many."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    graph = m.graph
+    inits = {i.name: i for i in graph.initializer}
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:  # constants, and the Identity nodes the exporter chains them through (topological order)
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
+    users: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            users[name] = users.get(name, 0) + 1
+    folded, drop_nodes, drop_inits = 0, [], set()
+    for n in graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] not in inits or n.input[1] not in values:
+            continue
+        w = values[n.input[0]].astype(np.float32)
+        scale = values[n.input[1]].astype(np.float32)
+        zp = values[n.input[2]] if len(n.input) > 2 and n.input[2] in values else None
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * w.ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+            zp = zp.reshape(shape) if zp is not None else None
+        dtype = zp.dtype if zp is not None else np.uint8
+        info = np.iinfo(dtype)
+        # w * (1 / scale) in float32, as torch's fake quantization computes it (x / scale, as the ONNX operator
+        # is defined, rounds a few ties the other way): the stored weights are exactly the ones trained against
+        q = np.rint(w * (np.float32(1.0) / scale)) + (zp.astype(np.int32) if zp is not None else 0)
+        tensor = numpy_helper.from_array(np.clip(q, info.min, info.max).astype(dtype), n.output[0])
+        graph.initializer.append(tensor)
+        drop_nodes.append(n)
+        if users.get(n.input[0]) == 1:
+            drop_inits.add(n.input[0])
+        folded += 1
+    for n in drop_nodes:
+        graph.node.remove(n)
+    for init in [i for i in graph.initializer if i.name in drop_inits]:
+        graph.initializer.remove(init)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return folded
 
 
 def qdq_counts(path: Path) -> dict[str, int]:
-    """QuantizeLinear / DequantizeLinear nodes and how many DequantizeLinear are per-channel (axis set,
-    scale a vector)."""
+    """QuantizeLinear / DequantizeLinear nodes, how many DequantizeLinear are per-channel (scale a vector)
+    and how many read int8 weights stored as initializers."""
     import onnx
     from onnx import numpy_helper
 
@@ -157,4 +212,5 @@ def qdq_counts(path: Path) -> dict[str, int]:
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     per_channel = sum(1 for n in dq if n.input[1] in values and values[n.input[1]].ndim == 1
                       and values[n.input[1]].size > 1)
-    return {"QuantizeLinear": q, "DequantizeLinear": len(dq), "per_channel": per_channel}
+    int8_weights = sum(1 for n in dq if n.input[0] in inits and inits[n.input[0]].dtype == "int8")
+    return {"QuantizeLinear": q, "DequantizeLinear": len(dq), "per_channel": per_channel, "int8_weights": int8_weights}
