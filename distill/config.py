@@ -324,6 +324,28 @@ class QATConfig:
         self.train.validate(f"{prefix}.train")
 
 
+@dataclass
+class VocabConfig:
+    """Vocabulary pruning (opt-in): keep the word embeddings of the tokens the task's texts use, plus the
+    special tokens. A section of its own, not keys under prune: the prune stage's fingerprint covers
+    ``prune``, so new keys there would retrain finished pruned students."""
+
+    enabled: bool = False
+    models: list[str] = field(default_factory=lambda: ["student-task"])  # student-task and/or student-pruned
+    # splits whose texts decide the kept tokens; train only by default: a token seen only in dev/test is
+    # knowledge of the evaluation data, so the test OOV rate and score stay honest
+    splits: list[str] = field(default_factory=lambda: ["train"])
+
+    def validate(self, prefix: str) -> None:
+        for m in self.models:
+            _check(m in ("student-task", "student-pruned"), f"{prefix}.models",
+                   f"unknown model {m!r}; choose from ['student-task', 'student-pruned']")
+        _check(bool(self.models) or not self.enabled, f"{prefix}.models", "must name at least one model")
+        for s in self.splits:
+            _check(s in ("train", "dev", "test"), f"{prefix}.splits", f"unknown split {s!r}; choose from train, dev, test")
+        _check(bool(self.splits), f"{prefix}.splits", "must name at least one split")
+
+
 EXPORT_FORMATS = ("fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-qdq")
 
 
@@ -392,6 +414,7 @@ class ExperimentConfig:
     task_distill: TaskStageConfig = field(default_factory=TaskStageConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -411,6 +434,10 @@ class ExperimentConfig:
         if self.qat.enabled and "student-pruned" in self.qat.models and not self.prune.enabled:
             raise ConfigError("config key 'qat.models': lists student-pruned but prune.enabled is false; "
                               "set qat.models=[student-task]")
+        self.vocab.validate("vocab")
+        if self.vocab.enabled and "student-pruned" in self.vocab.models and not self.prune.enabled:
+            raise ConfigError("config key 'vocab.models': lists student-pruned but prune.enabled is false; "
+                              "set vocab.models=[student-task]")
         self.export.validate("export")
         self.bench.validate("bench")
         if self.export.enabled and "student-pruned" in self.export.models and not self.prune.enabled:

@@ -2,12 +2,12 @@
 command asks for. The runner resolves what they read; nothing else knows the order."""
 from __future__ import annotations
 
-from distill.stages import baseline, bench, export, general, inspect, prune, qat, task, teacher
+from distill.stages import baseline, bench, export, general, inspect, prune, qat, task, teacher, vocab
 from distill.stages.spec import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     teacher.STAGE, general.STAGE, task.INTERMEDIATE, task.PREDICTION, baseline.STAGE, prune.STAGE, export.STAGE,
-    bench.STAGE, inspect.STAGE, qat.STAGE)}
+    bench.STAGE, inspect.STAGE, qat.STAGE, vocab.STAGE)}
 
 # command -> (the stages it asks for, whether it may train the stages they read)
 COMMANDS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "baseline": (("baseline",), True),
     "prune": (("prune",), True),
     "qat": (("qat",), True),
+    "vocab": (("vocab",), True),
     "distill": (("2b", "prune", "export", "bench"), True),
     "export": (("export",), False),
     "bench": (("bench",), False),

@@ -100,6 +100,12 @@ def run_qat(cfg: ExperimentConfig) -> int:
     return 0
 
 
+def run_vocab(cfg: ExperimentConfig) -> int:
+    _, out = _run(cfg, "vocab")
+    print(f"[vocab] vocabulary-pruned students -> {out['vocab'].model_dir}")
+    return 0
+
+
 def run_export(cfg: ExperimentConfig) -> int:
     ctx, out = _run(cfg, "export")
     print(f"[export] artifacts -> {out['export'].model_dir}")

@@ -1,0 +1,145 @@
+"""Vocabulary pruning (distill/passes/vocab.py, distill/stages/vocab.py): kept rows follow their token
+strings, the rewritten tokenizer loads and splits kept words the same way, logits are identical, a wrong
+id map is caught, and on the embedded MiniLM with Rotten Tomatoes train texts the size drops."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM,
+                          BertForSequenceClassification, BertTokenizerFast, pipeline)
+
+from distill.passes import vocab as V
+from distill.stages import vocab as stage
+from distill.tasks import SEQUENCE_CLASSIFICATION
+
+WORDS = ["the", "movie", "was", "great", "dull", "play", "##ing", "##ed", "fun", "##ny", "plot", "a", "bad",
+         "good", "story", "actor", "##s", "film", "boring", "!", ",", "."]
+SPECIAL = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(SPECIAL + WORDS)}, do_lower_case=True)
+    tok.save_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(SPECIAL + WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    return tok, BertForSequenceClassification(cfg).eval(), cfg
+
+
+def _kept_ids(tok, text):
+    return set(tok(text)["input_ids"])
+
+
+def test_kept_rows_follow_their_token_strings_and_logits_match(tiny, tmp_path):
+    tok, model, _ = tiny
+    vmap = V.build_map(tok, _kept_ids(tok, "the film was boring , a dull plot ."))
+    assert vmap.kept == sorted(vmap.kept) and set(tok.all_special_ids) <= set(vmap.kept)
+    pruned = V.prune_model(copy.deepcopy(model), vmap)
+    new_tok = V.prune_tokenizer(tok, vmap)
+    pruned.save_pretrained(tmp_path)
+    new_tok.save_pretrained(tmp_path)
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.vocab_size == len(vmap.kept) == len(loaded_tok)
+    old_rows, new_rows = model.get_input_embeddings().weight, loaded.get_input_embeddings().weight
+    old_vocab = tok.get_vocab()
+    for token, new_id in loaded_tok.get_vocab().items():  # a shuffled or shifted map fails here
+        assert torch.equal(new_rows[new_id], old_rows[old_vocab[token]]), token
+    for special in ("pad", "cls", "sep", "unk", "mask"):
+        assert getattr(loaded_tok, f"{special}_token") == getattr(tok, f"{special}_token")
+        assert loaded_tok.convert_ids_to_tokens(getattr(loaded_tok, f"{special}_token_id")) == getattr(tok, f"{special}_token")
+    text = "The plot was boring, a dull film."
+    a, b = tok(text, return_tensors="pt"), loaded_tok(text, return_tensors="pt")
+    assert tok.convert_ids_to_tokens(a["input_ids"][0]) == loaded_tok.convert_ids_to_tokens(b["input_ids"][0])
+    with torch.no_grad():
+        assert torch.allclose(model(**a).logits, loaded(**b).logits, atol=1e-6)
+    # a word needing a dropped piece: no covering split with kept pieces, so WordPiece gives [UNK]
+    assert loaded_tok.tokenize("great playing") == ["[UNK]", "[UNK]"]
+    clf = pipeline("text-classification", model=str(tmp_path))
+    ref = pipeline("text-classification", model=model, tokenizer=tok)
+    assert clf(text)[0]["label"] == ref(text)[0]["label"]
+    assert clf(text)[0]["score"] == pytest.approx(ref(text)[0]["score"], abs=1e-5)
+
+
+def test_word_with_kept_pieces_splits_the_same(tiny):
+    tok, _, _ = tiny
+    vmap = V.build_map(tok, _kept_ids(tok, "playing played funny"))
+    new_tok = V.prune_tokenizer(tok, vmap)
+    for word in ("playing", "played", "funny"):
+        assert new_tok.tokenize(word) == tok.tokenize(word)
+    assert "play" in new_tok.get_vocab() and "great" not in new_tok.get_vocab()
+
+
+def test_tied_mlm_decoder_is_sliced_with_the_embeddings(tiny):
+    tok, _, cfg = tiny
+    torch.manual_seed(1)
+    mlm = BertForMaskedLM(cfg).eval()
+    vmap = V.build_map(tok, _kept_ids(tok, "a good story"))
+    pruned = V.prune_model(copy.deepcopy(mlm), vmap)
+    ids = tok("a good story", return_tensors="pt")
+    new_ids = vmap.lookup(vmap.old_to_new[tok.unk_token_id])[ids["input_ids"]]
+    with torch.no_grad():
+        old = mlm(**ids).logits[..., vmap.kept]
+        new = pruned(**{**ids, "input_ids": new_ids}).logits
+    assert new.shape[-1] == len(vmap.kept)
+    assert torch.allclose(old, new, atol=1e-6)
+
+
+def test_the_stage_check_catches_a_wrong_id_map(tiny):
+    tok, model, _ = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # a random head gives near-constant logits; make differences in the encoder visible
+        model.classifier.weight.mul_(1000.0)
+    vmap = V.build_map(tok, _kept_ids(tok, "the movie was good"))
+    pruned = V.prune_model(copy.deepcopy(model), vmap)
+    unk_new = vmap.old_to_new[tok.unk_token_id]
+    enc = tok(["the movie was good", "the movie was great"], padding=True, return_tensors="pt")
+    batches = [dict(enc)]
+    right = vmap.lookup(unk_new)
+    compared, rows, worst = stage.check_identical(model, pruned, batches, right, tok.unk_token_id, unk_new,
+                                                  SEQUENCE_CLASSIFICATION)
+    assert (compared, rows) == (1, 2) and worst < stage.ATOL  # "great" was dropped: that row is not compared
+    wrong = right.clone()
+    wrong[vmap.kept[-1]], wrong[vmap.kept[-2]] = right[vmap.kept[-2]], right[vmap.kept[-1]]  # two ids swapped
+    assert stage.check_identical(model, pruned, batches, wrong, tok.unk_token_id, unk_new,
+                                 SEQUENCE_CLASSIFICATION)[2] > stage.ATOL
+
+
+def test_oov_rate_counts_lost_tokens_not_unknown_ones(tiny):
+    tok, _, _ = tiny
+    vmap = V.build_map(tok, _kept_ids(tok, "the movie"))
+    rows = {"input_ids": [tok("the movie great")["input_ids"], [tok.cls_token_id, tok.unk_token_id, tok.sep_token_id]]}
+    rate, lost, total = stage.oov_rate(rows, vmap, tok.unk_token_id)
+    assert (lost, total) == (1, 7) and rate == pytest.approx(1 / 7)
+
+
+def test_real_minilm_on_rotten_tomatoes_train(tmp_path):
+    from distill.base.assets import minilm_dir
+    from distill.data.task_data import load_rotten_tomatoes
+
+    data = load_rotten_tomatoes()
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2).eval()
+    used = {i for row in tok(list(data.train["text"]), truncation=True, max_length=64)["input_ids"] for i in row}
+    vmap = V.build_map(tok, used)
+    V.prune_model(model_pruned := copy.deepcopy(model), vmap).save_pretrained(tmp_path)
+    V.prune_tokenizer(tok, vmap).save_pretrained(tmp_path)
+    new_tok = AutoTokenizer.from_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in loaded.parameters())
+    assert model.get_input_embeddings().weight.shape[0] == 30522
+    assert 8000 < len(vmap.kept) < 20000  # measured: the train texts use ~13k of the 30,522 tokens
+    assert before - after == (30522 - len(vmap.kept)) * 384
+    texts = [t for t in list(data.dev["text"])[:200] if set(tok(t, truncation=True, max_length=64)["input_ids"]) <= set(vmap.kept)]
+    assert len(texts) > 100
+    a = tok(texts[:32], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    b = new_tok(texts[:32], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**a).logits, loaded(**b).logits, atol=1e-5)
+    del model_pruned
