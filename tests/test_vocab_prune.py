@@ -143,3 +143,45 @@ def test_real_minilm_on_rotten_tomatoes_train(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(**a).logits, loaded(**b).logits, atol=1e-5)
     del model_pruned
+
+
+def test_config_is_opt_in_and_checks_its_keys():
+    from distill.config import ConfigError, load_config
+
+    cfg = load_config(None, [])
+    assert cfg.vocab.enabled is False and cfg.vocab.splits == ["train"]
+    with pytest.raises(ConfigError, match="vocab.splits"):
+        load_config(None, ["vocab.enabled=true", "vocab.splits=[validation]"])
+    with pytest.raises(ConfigError, match="prune.enabled is false"):
+        load_config(None, ["vocab.enabled=true", "vocab.models=[student-pruned]", "prune.enabled=false",
+                           "export.models=[student-task]"])
+
+
+def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_folder):
+    import json
+
+    from distill.config import load_config
+    from distill.runner import pipeline
+
+    steps = ["max_steps=2", "batch_size=8", "save_every=0", "log_every=1"]
+    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}",
+                 "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
+                 "student.ffn=32", "general.enabled=false", "prune.enabled=false", "export.enabled=false",
+                 "export.models=[student-task]", "teacher.gate=warn", "vocab.enabled=true",
+                 "vocab.splits=[train,dev]"]  # the tiny task's dev rows each have a word train lacks
+    for section in ("teacher.finetune", "task_distill.intermediate", "task_distill.prediction"):
+        overrides += [f"{section}.{s}" for s in steps]
+    cfg = load_config(None, overrides)
+    assert pipeline.run_vocab(cfg) == 0
+    stage = cfg.run_dir / "student-vocab"
+    result = json.loads((stage / "result.json").read_text())["models"]["student-task"]
+    assert result["vocab_after"] < result["vocab_before"]
+    assert result["dev_rows_identical"] == result["dev_rows"] > 0 and result["max_abs_diff"] <= 1e-5
+    assert result["params"]["after"] < result["params"]["before"]
+    assert result["size_after"]["onnx_int8_dynamic_mb"] < result["size_before"]["onnx_int8_dynamic_mb"]
+    assert 0 <= result["test_oov_rate"] < 1 and "score" in result["after"]["test"]
+    folder = stage / "student-task" / "model"
+    assert len(AutoTokenizer.from_pretrained(folder)) == result["vocab_after"]
+    mtime = (folder / "model.safetensors").stat().st_mtime
+    assert pipeline.run_vocab(cfg) == 0  # finished: reused, not done again
+    assert (folder / "model.safetensors").stat().st_mtime == mtime
