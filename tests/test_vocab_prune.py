@@ -185,3 +185,31 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
     mtime = (folder / "model.safetensors").stat().st_mtime
     assert pipeline.run_vocab(cfg) == 0  # finished: reused, not done again
     assert (folder / "model.safetensors").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("kind", ["token_classification", "question_answering"])
+def test_stage_on_ner_and_qa_and_the_pruned_student(tmp_path, tiny_encoder_dir, kind):
+    import json
+
+    from distill.runner import pipeline
+
+    if kind == "token_classification":
+        from tests.test_ner_pipeline import _cfg, make_sentences, write_conll
+
+        task = tmp_path / "ner"
+        task.mkdir()
+        for name, n, seed in (("train.txt", 40, 0), ("valid.txt", 12, 1), ("test.txt", 12, 2)):
+            write_conll(task / name, make_sentences(n, seed))
+    else:
+        from tests.test_qa_pipeline import _cfg, squad_folder
+
+        task = squad_folder(tmp_path / "squad")
+    cfg = _cfg(tmp_path, tiny_encoder_dir, task, "vocab.enabled=true", "vocab.splits=[train,dev]",
+               "vocab.models=[student-task,student-pruned]")
+    assert pipeline.run_vocab(cfg) == 0
+    models = json.loads((cfg.run_dir / "student-vocab" / "result.json").read_text())["models"]
+    for name in ("student-task", "student-pruned"):
+        r = models[name]
+        assert r["dev_rows_identical"] == r["dev_rows"] > 0, name
+        assert r["vocab_after"] < r["vocab_before"] and r["params"]["after"] < r["params"]["before"]
+        assert "score" in r["after"]["test"] and "score" in r["before"]["test"]
