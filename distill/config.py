@@ -335,8 +335,14 @@ class VocabConfig:
     # splits whose texts decide the kept tokens; train only by default: a token seen only in dev/test is
     # knowledge of the evaluation data, so the test OOV rate and score stay honest
     splits: list[str] = field(default_factory=lambda: ["train"])
+    # also keep the K most frequent tokens of general.corpus (its first extra_documents documents), for
+    # texts the task's splits do not cover; 0 = none
+    extra_tokens: int = 0
+    extra_documents: int = 20000
 
     def validate(self, prefix: str) -> None:
+        _check(self.extra_tokens >= 0, f"{prefix}.extra_tokens", "must be >= 0")
+        _check(self.extra_documents >= 1, f"{prefix}.extra_documents", "must be >= 1")
         for m in self.models:
             _check(m in ("student-task", "student-pruned"), f"{prefix}.models",
                    f"unknown model {m!r}; choose from ['student-task', 'student-pruned']")

@@ -145,6 +145,18 @@ def test_real_minilm_on_rotten_tomatoes_train(tmp_path):
     del model_pruned
 
 
+def tok_has(folder, token: str) -> bool:
+    return token in AutoTokenizer.from_pretrained(folder).get_vocab()
+
+
+def test_top_corpus_tokens_are_the_most_frequent_new_ones(tiny):
+    tok, _, _ = tiny
+    texts = ["the movie the movie the plot", "the film , the plot ."]
+    vocab = tok.get_vocab()
+    assert V.top_tokens(texts, tok, 2, exclude=set()) == [vocab["the"], vocab["movie"]]  # 5x, then 2x each: lower id
+    assert V.top_tokens(iter(texts), tok, 2, exclude={vocab["the"]}, batch=1) == [vocab["movie"], vocab["plot"]]
+
+
 def test_config_is_opt_in_and_checks_its_keys():
     from distill.config import ConfigError, load_config
 
@@ -168,7 +180,8 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
                  "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
                  "student.ffn=32", "general.enabled=false", "prune.enabled=false", "export.enabled=false",
                  "export.models=[student-task]", "teacher.gate=warn", "vocab.enabled=true",
-                 "vocab.splits=[train,dev]"]  # the tiny task's dev rows each have a word train lacks
+                 "vocab.splits=[train,dev]",  # the tiny task's dev rows each have a word train lacks
+                 "vocab.extra_tokens=50", "vocab.extra_documents=500"]  # plus the 50 most frequent new tokens of general.corpus (wiki)
     for section in ("teacher.finetune", "task_distill.intermediate", "task_distill.prediction"):
         overrides += [f"{section}.{s}" for s in steps]
     cfg = load_config(None, overrides)
@@ -177,7 +190,8 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
     result = json.loads((stage / "result.json").read_text())["models"]["student-task"]
     assert result["vocab_after"] < result["vocab_before"]
     assert result["dev_rows_identical"] == result["dev_rows"] > 0 and result["max_abs_diff"] <= 1e-5
-    assert result["params"]["after"] < result["params"]["before"]
+    assert result["params"]["after"] < result["params"]["before"] and result["extra_tokens_added"] == 50
+    assert tok_has(stage / "student-task" / "model", "the")  # the wiki's most frequent word
     assert result["size_after"]["onnx_int8_dynamic_mb"] < result["size_before"]["onnx_int8_dynamic_mb"]
     assert 0 <= result["test_oov_rate"] < 1 and "score" in result["after"]["test"]
     folder = stage / "student-task" / "model"

@@ -49,6 +49,20 @@ def build_map(tokenizer, used_ids: Iterable[int]) -> VocabMap:
     return VocabMap(sorted(keep), size)
 
 
+def top_tokens(texts: Iterable[str], tokenizer, k: int, exclude: set[int], batch: int = 256) -> list[int]:
+    """The k most frequent token ids of ``texts`` (no special tokens) not in ``exclude``; ties by lower id."""
+    from collections import Counter
+    from itertools import islice
+
+    counts: Counter = Counter()
+    texts = iter(texts)
+    while chunk := list(islice(texts, batch)):
+        for ids in tokenizer(chunk, add_special_tokens=False, truncation=False)["input_ids"]:
+            counts.update(ids)
+    ranked = sorted((i for i in counts if i not in exclude), key=lambda i: (-counts[i], i))
+    return ranked[:k]
+
+
 def prune_model(model: nn.Module, vmap: VocabMap) -> nn.Module:
     """Slice the word embeddings (and an output/MLM decoder over the vocabulary, if the model has one) to
     the kept rows, in place; config.vocab_size follows."""

@@ -31,8 +31,24 @@ def _reads(cfg) -> tuple[str, ...]:
 
 
 def settings(ctx: RunContext, upstream: dict[str, str]) -> dict:
-    return {"upstream": [upstream[n] for n in _reads(ctx.cfg)], "vocab": ctx.cfg.vocab,
-            "max_len": ctx.cfg.task.max_len}
+    out = {"upstream": [upstream[n] for n in _reads(ctx.cfg)], "vocab": ctx.cfg.vocab,
+           "max_len": ctx.cfg.task.max_len}
+    if ctx.cfg.vocab.extra_tokens:
+        out["corpus"] = ctx.cfg.general.corpus
+    return out
+
+
+def _extra(ctx: RunContext, used: set[int]) -> list[int]:
+    """vocab.extra_tokens most frequent general-corpus tokens the task's splits did not already bring."""
+    from itertools import islice
+
+    from distill.data.corpus import iter_documents
+
+    v, g = ctx.cfg.vocab, ctx.cfg.general
+    if not v.extra_tokens:
+        return []
+    docs = islice(iter_documents(g.corpus, None, g.text_column, streaming=True, build_cache=False), v.extra_documents)
+    return vocab_pass.top_tokens(docs, ctx.tokenizer, v.extra_tokens, used)
 
 
 def used_ids(tokenized, splits) -> set[int]:
@@ -109,7 +125,9 @@ def _scores(ctx: RunContext, model, tokenizer) -> dict:
 def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
     started, v, kind, tok = time.perf_counter(), ctx.cfg.vocab, ctx.data.kind, ctx.tokenizer
     before = load_finetuned(source.model_dir).cpu().eval()
-    vmap = vocab_pass.build_map(tok, used_ids(ctx.tokenized, v.splits))
+    used = used_ids(ctx.tokenized, v.splits)
+    extra = _extra(ctx, used)
+    vmap = vocab_pass.build_map(tok, used | set(extra))
     after = vocab_pass.prune_model(load_finetuned(source.model_dir).cpu().eval(), vmap)
     new_tok = vocab_pass.prune_tokenizer(tok, vmap)
     folder = stage.dir / name / "model"
@@ -137,14 +155,16 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
               "after": sum(p.numel() for p in after.parameters()),
               "embeddings_before": vocab_pass.embedding_params(before),
               "embeddings_after": vocab_pass.embedding_params(after)}
-    entry = {"folder": str(folder), "splits": list(v.splits), "vocab_before": vmap.old_size,
+    entry = {"folder": str(folder), "splits": list(v.splits), "extra_tokens_added": len(extra),
+             "vocab_before": vmap.old_size,
              "vocab_after": len(vmap.kept), "params": params, "size_before": size_before, "size_after": size_after,
              "dev_rows_identical": compared, "dev_rows": rows, "max_abs_diff": worst,
              "test_oov_rate": oov, "test_oov_tokens": lost, "test_tokens": total,
              "before": {s: old_scores[s] for s in old_scores}, "after": scores,
              "seconds": round(time.perf_counter() - started, 1)}
     m = ctx.data.metric
-    print(f"[vocab] {name}: {vmap.old_size} -> {len(vmap.kept)} tokens (from {'+'.join(v.splits)}), params "
+    print(f"[vocab] {name}: {vmap.old_size} -> {len(vmap.kept)} tokens (from {'+'.join(v.splits)}"
+          f"{f' + {len(extra)} general-corpus tokens' if extra else ''}), params "
           f"{params['before'] / 1e6:.2f}M -> {params['after'] / 1e6:.2f}M; INT8 ONNX "
           f"{size_before['onnx_int8_dynamic_mb']:.1f} -> {size_after['onnx_int8_dynamic_mb']:.1f} MB")
     print(f"[vocab] {name}: identical logits (max |diff| {worst:.1e}) on {compared}/{rows} dev rows whose tokens "
