@@ -126,3 +126,14 @@ def test_the_recovery_check_names_the_recovery_schedule_and_a_converged_student_
     assert "undertrained" not in capsys.readouterr().out
     text = write_report(tmp_path, [], "seed: 1\n", [])[0].read_text()
     assert "Pruned student may be undertrained" in text and "Student may be undertrained" not in text
+
+
+def test_a_floored_2b_names_the_floor_not_the_epochs_it_would_not_change(tmp_path, capsys):
+    # 2,000 rows x 1.5 epochs is floored to 450 steps: doubling the epochs would still train 450
+    from distill.runner.graph import STAGES
+    from distill.stages.spec import Output
+
+    folder = _metrics(tmp_path / "student-task", [(150, 0.70), (300, 0.74), (450, 0.78)])
+    STAGES["2b"].check(_student_ctx(epochs=1.5), Output(folder, folder / "model", {"floored_steps": 450}))
+    out = capsys.readouterr().out
+    assert "task_distill.min_steps_2b=900 (now 450)" in out and "prediction.epochs" not in out

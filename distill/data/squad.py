@@ -111,7 +111,7 @@ def fetch_bigbench_files(members: tuple[str, ...], folder: Path, why: str, offli
         response = urllib.request.urlopen(url, timeout=120)
     except QADataError:
         raise
-    except (OSError, StopIteration, KeyError, ValueError) as err:
+    except (OSError, StopIteration, KeyError, TypeError, ValueError) as err:
         raise QADataError(f"could not fetch {SDIST} from {index} ({err}); with no network, {offline_fix}") from None
     folder.mkdir(parents=True, exist_ok=True)
     reader = _HashingReader(response)

@@ -227,22 +227,28 @@ def dev_trend(records: list[dict], margin: float = RISING_MARGIN) -> dict | None
     return {"rising": rising, "steps": steps[-TREND_EVALS:], "scores": scores[-TREND_EVALS:], "margin": margin}
 
 
-def train_longer(train: TrainConfig, key: str) -> str:
-    """The override that doubles a schedule: ``<key>.max_steps`` when it is set, else ``<key>.epochs``."""
+def train_longer(train: TrainConfig, key: str, floor: tuple[str, int] = ("", 0)) -> str:
+    """The override that doubles a schedule: the step floor's key when the floor set the length (``floor``:
+    its key and the steps it set; doubling the epochs would still train the floor), else ``<key>.max_steps``
+    when it is set, else ``<key>.epochs``."""
+    floor_key, floored_steps = floor
+    if floored_steps:
+        return f"{floor_key}={floored_steps * 2} (now {floored_steps})"
     if train.max_steps:
         return f"{key}.max_steps={train.max_steps * 2} (now {train.max_steps})"
     return f"{key}.epochs={train.epochs * 2:g} (now {train.epochs:g})"
 
 
 def check_dev_trend(ctx: RunContext, stage_dir: Path, who: str, train: TrainConfig, key: str,
-                    why: str = "") -> dict | None:
+                    why: str = "", floor: tuple[str, int] = ("", 0)) -> dict | None:
     """Read a trained stage's dev history from its metrics.jsonl, keep it as ``trend.json`` for the report,
     and warn (once per process) when the dev score was still rising when training stopped: ``who`` names
-    the model, ``key`` its schedule's config section (the fix doubles it), ``why`` says what longer buys."""
+    the model, ``key`` its schedule's config section (the fix doubles it, or ``floor``'s key when the step
+    floor set the length), ``why`` says what longer buys."""
     trend = dev_trend(read_metrics(stage_dir / "metrics.jsonl"))
     if trend is None:
         return None
-    trend.update(metric=ctx.data.metric, who=who, fix=train_longer(train, key))
+    trend.update(metric=ctx.data.metric, who=who, fix=train_longer(train, key, floor))
     write_json_once(stage_dir / TREND_FILE, trend)
     if trend["rising"]:
         history = ", ".join(f"{v:.4f} @ step {s}" for s, v in zip(trend["steps"], trend["scores"]))

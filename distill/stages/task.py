@@ -98,6 +98,8 @@ def prediction(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
                    evaluate=lambda m: evaluate(m.student, dev, data, data.dev), tracker=tracker, seed=cfg.seed,
                    desc="2b prediction")
     scores = final_scores(ctx, stage.model_dir, result.step)
+    if schedule is not t.prediction:  # the step floor set the length: its key is what lengthens the run
+        scores["floored_steps"] = schedule.max_steps
     tracker.summary(scores)
     tracker.finish()
     print_scores("student", scores, ctx)
@@ -115,5 +117,6 @@ PREDICTION = Stage("2b", "student-task", "stage 2b: soft labels of the fine-tune
                    prediction_settings, prediction,
                    reads=lambda cfg: ("teacher", "general", "2a") if cfg.general.enabled else ("teacher", "2a"),
                    describe=_test_score,
-                   check=lambda ctx, out: check_dev_trend(ctx, out.dir, "student", ctx.cfg.task_distill.prediction,
-                                                          "task_distill.prediction"))
+                   check=lambda ctx, out: check_dev_trend(
+                       ctx, out.dir, "student", ctx.cfg.task_distill.prediction, "task_distill.prediction",
+                       floor=("task_distill.min_steps_2b", out.result.get("floored_steps", 0))))

