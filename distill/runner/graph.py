@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "prune": (("prune",), True),
     "qat": (("qat",), True),
     "vocab": (("vocab",), True),
-    "distill": (("2b", "prune", "export", "bench"), True),
+    "distill": (("2b", "prune", "qat", "vocab", "export", "bench"), True),  # qat, vocab: when enabled
     "export": (("export",), False),
     "bench": (("bench",), False),
 }
