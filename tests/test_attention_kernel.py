@@ -73,17 +73,29 @@ def _data(tokenizer):
     return tokenize(rows, tokenizer, 32)
 
 
-def test_the_trainer_runs_the_configured_kernel(tiny_teacher_dir, tokenizer, tmp_path):
+def test_the_trainer_runs_the_configured_kernel(tiny_teacher_dir, tokenizer, tmp_path, monkeypatch):
+    # not only the recorded setting: the fused kernel is called (or not) while training
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
     data = _data(tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, attn_implementation="eager")
     _train(model, data, tokenizer, tmp_path / "auto")
     assert _kernel(model) == ("sdpa" if torch.cuda.is_available() else "eager")  # auto, by the device
+    assert bool(calls) == torch.cuda.is_available()
+    calls.clear()
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, attn_implementation="eager")
     _train(model, data, tokenizer, tmp_path / "sdpa", attention="sdpa")
-    assert _kernel(model) == "sdpa"
+    assert _kernel(model) == "sdpa" and calls
+    calls.clear()
     model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, attn_implementation="sdpa")
     _train(model, data, tokenizer, tmp_path / "eager", attention="eager")
-    assert _kernel(model) == "eager"
+    assert _kernel(model) == "eager" and not calls
 
 
 def test_runs_and_checkpoints_from_before_the_setting_are_still_reused_and_resumed(tmp_path):
