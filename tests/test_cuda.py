@@ -277,7 +277,7 @@ def check_export_of_a_trained_model(tmp_path, teacher_dir, task_folder, tokenize
     """3 steps of fine-tuning on the trainer's device in ``precision``, then the export pass on the saved
     folder: the fp32 and fused ONNX graphs pass their check against PyTorch."""
     from distill.passes.export import export_model
-    from distill.stages.export import _batches_and_labels
+    from distill.stages.common import batches_and_labels
     from tests.test_trainer import _run, _setup
 
     model, loader = _setup(teacher_dir, task_folder, tokenizer)
@@ -287,7 +287,7 @@ def check_export_of_a_trained_model(tmp_path, teacher_dir, task_folder, tokenize
     assert all(t.dtype == torch.float32 for t in load_file(folder / "model.safetensors").values()
                if t.is_floating_point())
     dev = tokenize(load_local(task_folder).dev, tokenizer, 32)
-    batches, labels = _batches_and_labels(make_loader(dev, tokenizer, 4, shuffle=False))
+    batches, labels = batches_and_labels(make_loader(dev, tokenizer, 4, shuffle=False))
     results = export_model(folder, tmp_path / "export", "student-task", ["fp32", "fp32-fused"], batches, labels,
                            "accuracy", batches[:2], 32, tensorrt=False, max_metric_drop=0.05)
     for variant in ("fp32", "fp32-fused"):

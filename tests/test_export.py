@@ -10,7 +10,7 @@ from distill.passes import onnx as onnx_export
 from distill.engine.batching import make_loader
 from distill.tasks.sequence_classification import tokenize
 from distill.passes.export import export_model
-from distill.stages.export import _batches_and_labels
+from distill.stages.common import batches_and_labels
 from distill.data.task_data import load_local
 from distill.passes.prune import prune_model
 
@@ -33,7 +33,7 @@ def decisive_teacher(tmp_path, tiny_teacher_dir, tokenizer):
 def dev_batches(task_folder, tokenizer):
     """(batches, labels) over the task's train split, the rows the export check compares."""
     data = load_local(task_folder)
-    return _batches_and_labels(make_loader(tokenize(data.train, tokenizer, 32), tokenizer, 8, shuffle=False))
+    return batches_and_labels(make_loader(tokenize(data.train, tokenizer, 32), tokenizer, 8, shuffle=False))
 
 
 def _pytorch_logits(folder, batches) -> np.ndarray:

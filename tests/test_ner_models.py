@@ -11,7 +11,7 @@ import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.passes import onnx as onnx_export
 from distill.engine.batching import make_loader
 from distill.passes.export import export_model
-from distill.stages.export import _batches_and_labels
+from distill.stages.common import batches_and_labels
 from distill.engine.layer_map import build_layer_map
 from distill.engine.objectives import DistillObjective, with_teacher_logits
 from distill.engine.placement import placement
@@ -80,7 +80,7 @@ def test_cached_teacher_logits_are_unpadded_rows_and_give_the_live_loss(token_mo
 
 
 def test_onnx_token_logits_match_pytorch_with_dynamic_axes(tmp_path, token_model_dir, tokenized, tokenizer):
-    batches, labels = _batches_and_labels(loader(tokenized, tokenizer, 5), TOKEN_CLASSIFICATION)
+    batches, labels = batches_and_labels(loader(tokenized, tokenizer, 5), TOKEN_CLASSIFICATION)
     assert sorted(len(row) for row in labels) == sorted(tokenized["length"])  # unpadded rows, loader order
     results = export_model(token_model_dir, tmp_path / "export", "student-task", ["fp32", "fp32-fused", "int8-dynamic"],
                            batches, labels, "entity_f1", batches[:2], 32, tensorrt=False, max_metric_drop=0.05,

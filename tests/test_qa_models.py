@@ -12,7 +12,7 @@ import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.passes import onnx as onnx_export
 from distill.engine.batching import make_loader
 from distill.passes.export import export_model
-from distill.stages.export import _batches_and_labels
+from distill.stages.common import batches_and_labels
 from distill.data.task_data import TaskData
 from distill.engine.evaluation import evaluate, score_batches
 from distill.engine.layer_map import build_layer_map
@@ -95,7 +95,7 @@ def test_cached_teacher_logits_are_unpadded_rows_and_give_the_live_loss(qa_model
 def test_onnx_start_and_end_logits_match_pytorch_and_give_the_same_em_f1(tmp_path, qa_model_dir, task, tokenizer):
     data, windows = task
     kind = data.kind
-    batches, check_labels = _batches_and_labels(loader(data, windows, tokenizer, 5), kind)
+    batches, check_labels = batches_and_labels(loader(data, windows, tokenizer, 5), kind)
     results = export_model(qa_model_dir, tmp_path / "export", "student-task", ["fp32", "fp32-fused", "int8-dynamic"],
                            batches, check_labels, "squad_f1", batches[:2], 48, tensorrt=False, max_metric_drop=0.05,
                            kind=kind, examples=data.test)

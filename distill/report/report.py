@@ -166,7 +166,7 @@ def _read_result(path: Path) -> dict:
 TREND_STAGES = (("teacher", "Teacher"), ("student-task", "Student"), ("student-pruned", "Pruned student"))
 
 
-def teacher_trend_notes(run_dir: Path) -> list[str]:
+def trend_notes(run_dir: Path) -> list[str]:
     """A sentence for each trained model (teacher, student, pruned student) whose dev score was still rising
     when its training stopped (<stage>/trend.json, written by the stage's check)."""
     notes = []
@@ -267,7 +267,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     table = _table(rows, teacher)
     table += left_out_lines(left_out, table[1].count("|") - 1)
     notes = list(extra)  # as given: the runtime and teacher notes are read off the run again each time
-    extra = [*runtime_notes(rows), *teacher_trend_notes(run_dir), *extra]
+    extra = [*runtime_notes(rows), *trend_notes(run_dir), *extra]
     versus = baseline_section(run_dir) + qat_section(run_dir, rows)
     if left_out:
         extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)

