@@ -190,4 +190,10 @@ def test_report_puts_the_qat_row_beside_the_post_training_qdq_row(tmp_path):
         "fp32": {"test": {"score": 0.8009}}, "qdq": {"test": {"score": 0.8001}}, "steps": 200}}}))
     rows = [{"name": "student-task", "runtime": "onnxruntime-int8-qdq", "score": 0.7955},
             {"name": "student-task", "runtime": "onnxruntime-int8-dynamic", "score": 0.8009}]
-    assert "| student-task | 0.8009 | 0.7955 | 0.8001 | 200 |" in qat_section(tmp_path, rows)
+    assert "| student-task | 0.8009 | 0.7955 | 0.8001 | -0.08 points | 200 |" in qat_section(tmp_path, rows)
+    # the export check refused the post-training QDQ: its dev drop stands in its cell, not a blank
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "check.json").write_text(json.dumps({"student-task-int8-qdq": {
+        "refused": True, "reason": "check failed: metric drop", "check": {"metric_drop": 0.034}}}))
+    assert "| student-task | 0.8009 | refused (dev drop 3.40 points) | 0.8001 | -0.08 points | 200 |" in qat_section(
+        tmp_path, rows[1:])

@@ -227,3 +227,46 @@ def test_stage_on_ner_and_qa_and_the_pruned_student(tmp_path, tiny_encoder_dir, 
         assert r["dev_rows_identical"] == r["dev_rows"] > 0, name
         assert r["vocab_after"] < r["vocab_before"] and r["params"]["after"] < r["params"]["before"]
         assert "score" in r["after"]["test"] and "score" in r["before"]["test"]
+
+
+def test_bench_and_report_show_the_vocab_and_qat_students_run_on_their_own_inputs(tmp_path, tiny_encoder_dir):
+    """The vocabulary-pruned student is exported and checked like any student and timed by the bench on test
+    rows tokenized with its own tokenizer; with every split's tokens kept its logits are the unpruned
+    student's, so its score must be too. Fed the run's token ids instead, its rows would fail or differ."""
+    import json
+
+    from distill.runner import pipeline
+    from tests.test_ner_pipeline import _cfg, make_sentences, write_conll
+
+    task = tmp_path / "ner"
+    task.mkdir()
+    for name, n, seed in (("train.txt", 40, 0), ("valid.txt", 12, 1), ("test.txt", 12, 2)):
+        write_conll(task / name, make_sentences(n, seed))
+    cfg = _cfg(tmp_path, tiny_encoder_dir, task, "prune.enabled=false", "export.models=[student-task]",
+               "export.formats=[fp32, int8-dynamic, int8-qdq]", "export.max_metric_drop=1.0",
+               "vocab.enabled=true", "vocab.splits=[train,dev,test]", "qat.enabled=true", "qat.calibration_batches=2",
+               "qat.train.max_steps=2", "qat.train.batch_size=8", "qat.train.save_every=0", "qat.train.eval_every=1",
+               "bench.test_examples=0")
+    # 0, or REFUSED_EXIT when the tiny student's post-training QDQ fails its check (the report then says so)
+    assert pipeline.run_distill(cfg) in (0, pipeline.REFUSED_EXIT)
+    run = cfg.run_dir
+    vocab = json.loads((run / "student-vocab" / "result.json").read_text())["models"]["student-task"]
+    assert vocab["vocab_after"] < vocab["vocab_before"] and vocab["test_oov_rate"] == 0
+    for variant in ("fp32", "int8-dynamic"):
+        folder = run / "student-vocab" / f"student-task-vocab-{variant}"
+        assert vocab["export"][variant]["check"]["ok"] and (folder / "model.onnx").is_file(), variant
+        assert len(AutoTokenizer.from_pretrained(folder)) == vocab["vocab_after"]  # its own tokenizer beside it
+    rows = {(r["name"], r["runtime"]): r for r in json.loads((run / "bench.json").read_text())}
+    assert ("student-task-vocab", "onnxruntime-int8-dynamic") in rows
+    assert ("student-task-vocab", "onnxruntime-fp32") in rows
+    assert rows[("student-task-vocab", "pytorch-fp32")]["score"] == pytest.approx(
+        rows[("student-task", "pytorch-fp32")]["score"], abs=1e-9)
+    assert rows[("student-task-vocab", "pytorch-fp32")]["score"] == pytest.approx(vocab["after"]["test"]["score"])
+    qat = json.loads((run / "student-qat" / "result.json").read_text())["models"]["student-task"]
+    assert rows[("student-task-qat", "onnxruntime-int8-qdq")]["score"] == pytest.approx(qat["qdq"]["test"]["score"])
+    assert json.loads((run / "student-qat" / "student-task" / "trend.json").read_text())["steps"] == [1, 2]
+    report = (run / "report.md").read_text()
+    assert "## Vocabulary pruning" in report and "## Static INT8 (QDQ): post-training vs quantization-aware" in report
+    assert f"{vocab['vocab_before']:,} -> {vocab['vocab_after']:,}" in report
+    qat_row = next(line for line in report.splitlines() if line.startswith("| student-task | ") and "points" in line)
+    assert qat_row.split(" | ")[2] != "-"  # a post-training QDQ score, or its refusal with the dev drop

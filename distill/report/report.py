@@ -163,7 +163,8 @@ def _read_result(path: Path) -> dict:
         return {}
 
 
-TREND_STAGES = (("teacher", "Teacher"), ("student-task", "Student"), ("student-pruned", "Pruned student"))
+TREND_STAGES = (("teacher", "Teacher"), ("student-task", "Student"), ("student-pruned", "Pruned student"),
+                ("student-qat/student-task", "QAT student"), ("student-qat/student-pruned", "QAT pruned student"))
 
 
 def trend_notes(run_dir: Path) -> list[str]:
@@ -202,21 +203,57 @@ def baseline_section(run_dir: Path) -> list[str]:
     return lines
 
 
+def _ptq_refused(run_dir: Path, name: str) -> str | None:
+    """'refused (dev drop 3.40 points)' when the export check refused the model's post-training QDQ."""
+    entry = _read_result(Path(run_dir) / "export" / "check.json").get(f"{name}-int8-qdq", {})
+    if not entry.get("refused"):
+        return None
+    drop = entry.get("check", {}).get("metric_drop")
+    return f"refused (dev drop {drop * 100:.2f} points)" if isinstance(drop, (int, float)) else "refused"
+
+
 def qat_section(run_dir: Path, rows: list[dict]) -> list[str]:
     """Quantization-aware QDQ INT8 beside post-training QDQ INT8 and fp32 (test scores), when the opt-in qat
-    stage finished (student-qat/result.json); the post-training row is the bench's onnxruntime-int8-qdq."""
+    stage finished (student-qat/result.json); the post-training row is the bench's onnxruntime-int8-qdq, or
+    the export check's refusal (with its dev drop) when that format was refused."""
     models = _read_result(Path(run_dir) / "student-qat" / "result.json").get("models", {})
     if not models:
         return []
     ptq = {r["name"]: r.get("score") for r in rows if r.get("runtime") == "onnxruntime-int8-qdq"}
     lines = ["## Static INT8 (QDQ): post-training vs quantization-aware", "",
-             "| model | fp32 (PyTorch) | post-training QDQ | quantization-aware QDQ | QAT steps |", "|---|---|---|---|---|"]
+             "| model | fp32 (PyTorch) | post-training QDQ | quantization-aware QDQ | QAT vs fp32 | QAT steps |",
+             "|---|---|---|---|---|---|"]
     for name, e in models.items():
-        fp32 = e.get("fp32", {}).get("test", {}).get("score")
-        cells = [f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in (fp32, ptq.get(name),
-                                                                              e["qdq"]["test"]["score"])]
-        lines.append(f"| {name} | {' | '.join(cells)} | {e.get('steps', '-')} |")
+        fp32, qat = e.get("fp32", {}).get("test", {}).get("score"), e["qdq"]["test"]["score"]
+        post = ptq.get(name)
+        cells = [f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in (fp32, post, qat)]
+        if post is None:
+            cells[1] = _ptq_refused(run_dir, name) or "-"
+        gap = f"{(qat - fp32) * 100:+.2f} points" if isinstance(fp32, (int, float)) else "-"
+        lines.append(f"| {name} | {' | '.join(cells)} | {gap} | {e.get('steps', '-')} |")
     return lines + ["", "Test scores; both QDQ rows run in ONNX Runtime (CPU).", ""]
+
+
+def vocab_section(run_dir: Path) -> list[str]:
+    """The vocabulary-pruned students beside the ones they came from (student-vocab/result.json): tokens,
+    parameters, INT8 dynamic ONNX size, the test split's out-of-vocabulary rate and the test score."""
+    models = _read_result(Path(run_dir) / "student-vocab" / "result.json").get("models", {})
+    if not models:
+        return []
+    lines = ["## Vocabulary pruning", "",
+             "| model | tokens | parameters | INT8 dynamic ONNX | test OOV | test score | dev rows identical |",
+             "|---|---|---|---|---|---|---|"]
+    for name, e in models.items():
+        p, before, after = e["params"], e["size_before"], e["size_after"]
+        lines.append(f"| {name} | {e['vocab_before']:,} -> {e['vocab_after']:,} | {p['before'] / 1e6:.2f}M -> "
+                     f"{p['after'] / 1e6:.2f}M | {before['onnx_int8_dynamic_mb']:.1f} -> "
+                     f"{after['onnx_int8_dynamic_mb']:.1f} MB | {e['test_oov_rate']:.2%} | "
+                     f"{e['before']['test']['score']:.4f} -> {e['after']['test']['score']:.4f} | "
+                     f"{e['dev_rows_identical']:,} / {e['dev_rows']:,} |")
+    splits = "+".join(next(iter(models.values())).get("splits", ["train"]))
+    return lines + ["", f"Kept: the tokens of the task's {splits} texts and the special tokens (plus "
+                    "vocab.extra_tokens general-corpus tokens when set). 'dev rows identical': dev examples whose "
+                    "tokens were all kept, on which the pruned model's logits matched the unpruned one's.", ""]
 
 
 def _markdown_html(lines: list[str]) -> str:
@@ -268,7 +305,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     table += left_out_lines(left_out, table[1].count("|") - 1)
     notes = list(extra)  # as given: the runtime and teacher notes are read off the run again each time
     extra = [*runtime_notes(rows), *trend_notes(run_dir), *extra]
-    versus = baseline_section(run_dir) + qat_section(run_dir, rows)
+    versus = baseline_section(run_dir) + qat_section(run_dir, rows) + vocab_section(run_dir)
     if left_out:
         extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)
                      + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json);"

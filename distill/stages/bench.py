@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import students  # noqa: F401  (PrunedBert folders)
+from distill.engine.batching import to_model_inputs
 from distill.passes import onnx as onnx_export
 from distill.engine.evaluation import score_batches
 from distill.passes.flops import encoder_flops
@@ -289,13 +290,74 @@ def bench_one(name: str, path: Path, variant: str | None, source_dir: Path, test
 
 
 
+@dataclass
+class _Inputs:
+    batches: list[dict]  # test batches of 32 (numpy)
+    labels: list  # gold labels per batch
+    singles: list[dict]  # up to 100 single test examples at their own lengths
+    vocab_size: int  # synthetic timing inputs stay below it
+    examples: int
+
+
+class TestInputs:
+    """The test split as the bench feeds it, tokenized once per tokenizer: the run's, or a
+    vocabulary-pruned student's own (``folder``), whose token ids differ."""
+
+    def __init__(self, ctx, limit: int = 0):
+        self.ctx, self.limit, self.made = ctx, limit, {}
+
+    def __call__(self, folder: Path | None) -> _Inputs:
+        if folder not in self.made:
+            from transformers import AutoTokenizer
+
+            ctx = self.ctx
+            if folder is None:
+                tokenizer, test = ctx.tokenizer, ctx.tokenized["test"]
+                if self.limit:
+                    test = test.select(range(min(self.limit, len(test))))
+                loader = ctx.loader("test", 32, dataset=test)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+                loader = ctx.own_loader(tokenizer, "test", 32, self.limit)
+            batches, labels = [], []
+            for batch in loader:
+                batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
+                labels.append(ctx.data.kind.gold(batch))
+            singles = [{k: v[i:i + 1] for k, v in b.items()}
+                       for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
+            self.made[folder] = _Inputs(batches, labels, singles, len(tokenizer),
+                                        sum(len(b["input_ids"]) for b in batches))
+        return self.made[folder]
+
+
+def qat_artifacts(qat: Output, sources: dict[str, Path]) -> list[tuple]:
+    """The quantization-aware QDQ INT8 students (opt-in qat stage), as '<model>-qat' rows; their parameters and
+    FLOPs are the fp32 student's."""
+    return [(f"{name}-qat", Path(e["folder"]) / "model.onnx", "int8-qdq", sources[name], None)
+            for name, e in qat.result.get("models", {}).items() if (Path(e["folder"]) / "model.onnx").is_file()]
+
+
+def vocab_artifacts(vocab: Output) -> tuple[list[tuple], dict[str, Path]]:
+    """The vocabulary-pruned students (opt-in vocab stage) as '<model>-vocab' rows: PyTorch and every ONNX
+    format its check kept; and, for each row name, the folder whose tokenizer its inputs need."""
+    found, own = [], {}
+    for name, e in vocab.result.get("models", {}).items():
+        folder, row = Path(e["folder"]), f"{name}-vocab"
+        own[row] = folder
+        found.append((row, folder, None, folder, None))
+        for variant, entry in e.get("export", {}).items():
+            path = Path(entry.get("folder", "")) / "model.onnx"
+            if not entry.get("refused") and path.is_file():
+                found.append((row, path, variant, folder, None))
+    return found, own
+
+
 def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
     """Teacher, students and every exported artifact of the run, on the test split, side by side; writes
     report.md, report.html, bench.json (and left_out.json: refused or failed rows)."""
     import yaml
 
     from distill.config import to_dict
-    from distill.engine.batching import to_model_inputs
     from distill.report.report import write_report
 
     cfg = ctx.cfg
@@ -327,20 +389,20 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
                 continue
             artifacts.append((name, path, variant, sources[name], None))
     artifacts += gpu_artifacts(sources, available)
-    test = ctx.tokenized["test"]
-    if cfg.bench.test_examples:
-        test = test.select(range(min(cfg.bench.test_examples, len(test))))
-    batches, labels = [], []
-    for batch in ctx.loader("test", 32, dataset=test):
-        batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
-        labels.append(ctx.data.kind.gold(batch))
-    singles = [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
+    own = {}  # artifact name -> the folder whose tokenizer its inputs need (vocabulary-pruned students)
+    if cfg.qat.enabled:
+        artifacts += qat_artifacts(inputs["qat"], sources)
+    if cfg.vocab.enabled:
+        found, own = vocab_artifacts(inputs["vocab"])
+        artifacts += found
+    inputs_for = TestInputs(ctx, cfg.bench.test_examples)
     rows = []
-    print(f"[bench] {len(artifacts)} artifacts, {len(test)} test examples, {threads} threads")
+    print(f"[bench] {len(artifacts)} artifacts, {inputs_for(None).examples} test examples, {threads} threads")
     for name, path, variant, source, backend in artifacts:
         try:
-            row = bench_one(name, path, variant, source, batches, labels, singles, ctx.data, threads,
-                            len(ctx.tokenizer), cfg.bench.repeats, backend, max(GPU_TOKENS, cfg.task.max_len),
+            t = inputs_for(own.get(name))
+            row = bench_one(name, path, variant, source, t.batches, t.labels, t.singles, ctx.data, threads,
+                            t.vocab_size, cfg.bench.repeats, backend, max(GPU_TOKENS, cfg.task.max_len),
                             examples=ctx.data.test)
         except Exception as err:  # noqa: BLE001 (one artifact that cannot run never costs the others their report)
             runtime = backend or (f"onnxruntime-{variant}" if variant else "pytorch-fp32")
@@ -372,7 +434,8 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
 
 
 def _reads(cfg) -> tuple[str, ...]:
-    return ("teacher", "2b") + (("prune",) if cfg.prune.enabled else ()) + (("export",) if cfg.export.enabled else ())
+    return (("teacher", "2b") + (("prune",) if cfg.prune.enabled else ()) + (("export",) if cfg.export.enabled else ())
+            + (("qat",) if cfg.qat.enabled else ()) + (("vocab",) if cfg.vocab.enabled else ()))
 
 
 STAGE = Stage("bench", "", "teacher and every artifact side by side: test metric, latency, size; writes the report",

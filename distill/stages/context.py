@@ -53,6 +53,15 @@ class RunContext:
                            shuffle, seed=self.cfg.seed, num_workers=self.cfg.num_workers,
                            collator=collator or self.data.kind.collator(self.tokenizer))
 
+    def own_loader(self, tokenizer: PreTrainedTokenizerBase, split: str, batch_size: int, limit: int = 0):
+        """A split tokenized with another tokenizer (a vocabulary-pruned student's own) and batched like
+        ``loader``; ``limit`` keeps its first rows (0 = all)."""
+        rows = self.data.kind.tokenize(getattr(self.data, split), tokenizer, self.cfg.task.max_len, split)
+        if limit:
+            rows = rows.select(range(min(limit, len(rows))))
+        return make_loader(rows, tokenizer, batch_size, False, seed=self.cfg.seed, num_workers=self.cfg.num_workers,
+                           collator=self.data.kind.collator(tokenizer))
+
     def tracker(self, stage_dir: Path, stage: str) -> Tracker:
         return Tracker(stage_dir, stage, config={**to_dict(self.cfg), "git_commit": git_commit()},
                        project=self.cfg.wandb_project,

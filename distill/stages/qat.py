@@ -17,7 +17,8 @@ from distill.engine.trainer import train
 from distill.passes import onnx as onnx_export
 from distill.passes import qat as qat_pass
 from distill.passes.quiet import quiet_library_output
-from distill.stages.common import batches_and_labels, cache_teacher_logits, load_finetuned, task_objective
+from distill.stages.common import (batches_and_labels, cache_teacher_logits, check_dev_trend, load_finetuned,
+                                   task_objective, train_set_for)
 from distill.stages.context import RunContext
 from distill.stages.spec import Output, Stage
 
@@ -55,7 +56,7 @@ def _onnx_scores(ctx: RunContext, path: Path) -> dict:
     return out
 
 
-def _one(ctx: RunContext, stage, name: str, source: Output, teacher) -> dict:
+def _one(ctx: RunContext, stage, name: str, source: Output, teacher, teacher_dir: Path) -> dict:
     cfg, q = ctx.cfg, ctx.cfg.qat
     started = time.perf_counter()
     student = qat_pass.prepare(load_finetuned(source.model_dir))
@@ -67,12 +68,15 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher) -> dict:
     print(f"[qat] {name}: {len(qat_pass.quant_layers(student))} linear layers fake-quantized; dev "
           f"{ctx.data.metric} {calibrated['score']:.4f} calibrated, before training")
     objective = task_objective(ctx, q.losses or cfg.task_distill.prediction_losses, student, teacher)
-    train_set = cache_teacher_logits(ctx, objective, teacher, ctx.tokenized["train"], q.train.mixed_precision)
+    # 2b's training rows (augmented when 2b's were): QAT continues 2b's prediction-layer distillation
+    train_set = cache_teacher_logits(ctx, objective, teacher, train_set_for(ctx, teacher_dir), q.train.mixed_precision)
     out_dir = stage.dir / name
     tracker = ctx.tracker(out_dir, f"qat-{name}")
     result = train(objective, ctx.loader("train", q.train.batch_size, True, train_set), q.train, out_dir,
                    save_model=_save_state, evaluate=lambda m: evaluate(m.student, dev, ctx.data, ctx.data.dev),
                    tracker=tracker, seed=cfg.seed, desc=f"qat {name}")
+    check_dev_trend(ctx, out_dir, f"QAT {name}", q.train, "qat.train",
+                    " (the fake-quantized student was still gaining when its schedule ended)")
     best = qat_pass.prepare(load_finetuned(source.model_dir))  # the kept (best-on-dev) state, ranges included
     best.load_state_dict(torch.load(out_dir / "model" / STATE, map_location="cpu", weights_only=True))
     best = best.cpu().eval()
@@ -99,8 +103,10 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher) -> dict:
 
 
 def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
-    teacher = load_finetuned(inputs["teacher"].model_dir)
-    return {"models": {name: _one(ctx, stage, name, inputs[SOURCES[name]], teacher) for name in ctx.cfg.qat.models}}
+    teacher_dir = inputs["teacher"].model_dir
+    teacher = load_finetuned(teacher_dir)
+    return {"models": {name: _one(ctx, stage, name, inputs[SOURCES[name]], teacher, teacher_dir)
+                       for name in ctx.cfg.qat.models}}
 
 
 def _describe(out: Output) -> str:

@@ -13,12 +13,13 @@ import torch
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.base.errors import UserError
-from distill.engine.batching import make_loader, to_model_inputs
+from distill.engine.batching import to_model_inputs
 from distill.engine.evaluation import evaluate
 from distill.passes import onnx as onnx_export
 from distill.passes import vocab as vocab_pass
 from distill.passes.quiet import quiet_library_output
-from distill.stages.common import load_finetuned
+from distill.passes.export import export_model
+from distill.stages.common import batches_and_labels, load_finetuned
 from distill.stages.context import RunContext, save_hf_folder
 from distill.stages.spec import Output, Stage
 
@@ -31,8 +32,9 @@ def _reads(cfg) -> tuple[str, ...]:
 
 
 def settings(ctx: RunContext, upstream: dict[str, str]) -> dict:
+    e = ctx.cfg.export
     out = {"upstream": [upstream[n] for n in _reads(ctx.cfg)], "vocab": ctx.cfg.vocab,
-           "max_len": ctx.cfg.task.max_len}
+           "max_len": ctx.cfg.task.max_len, "export_check": [e.check_examples, e.max_metric_drop]}
     if ctx.cfg.vocab.extra_tokens:
         out["corpus"] = ctx.cfg.general.corpus
     return out
@@ -113,13 +115,21 @@ def _sizes(model, folder: Path, example: dict, kind) -> dict:
 
 
 def _scores(ctx: RunContext, model, tokenizer) -> dict:
-    kind, out = ctx.data.kind, {}
-    for split in ("dev", "test"):
-        rows = kind.tokenize(getattr(ctx.data, split), tokenizer, ctx.cfg.task.max_len, split)
-        loader = make_loader(rows, tokenizer, 128, False, seed=ctx.cfg.seed, num_workers=ctx.cfg.num_workers,
-                             collator=kind.collator(tokenizer))
-        out[split] = evaluate(model, loader, ctx.data, getattr(ctx.data, split))
-    return out
+    return {split: evaluate(model, ctx.own_loader(tokenizer, split, 128), ctx.data, getattr(ctx.data, split))
+            for split in ("dev", "test")}
+
+
+EXPORT_FORMATS = ["fp32", "int8-dynamic"]  # the CPU pair; the export stage makes the other formats of the unpruned
+
+
+def export_checked(ctx: RunContext, stage_dir: Path, name: str, folder: Path, tokenizer) -> dict:
+    """The vocabulary-pruned student's fp32 and INT8 dynamic ONNX, built and checked by the export pass like
+    any student's, on dev rows tokenized with its own tokenizer: <stage>/<name>-vocab-<format>/."""
+    e = ctx.cfg.export
+    batches, labels = batches_and_labels(ctx.own_loader(tokenizer, "dev", 64, e.check_examples), ctx.data.kind)
+    return export_model(folder, stage_dir, f"{name}-vocab", EXPORT_FORMATS, batches, labels, ctx.data.metric, [],
+                        ctx.cfg.task.max_len, False, e.max_metric_drop, kind=ctx.data.kind,
+                        label_names=ctx.data.label_names, examples=ctx.data.dev)
 
 
 def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
@@ -147,10 +157,15 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
     scores = _scores(ctx, after, new_tok)
     old_scores = {s: source.result[s] for s in ("dev", "test") if s in source.result} or _scores(ctx, before, tok)
     example = {k: v[:1] for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
-    new_example = {**example, "input_ids": lookup[example["input_ids"]]}
+    exported = export_checked(ctx, stage.dir, name, folder, new_tok)
     with quiet_library_output(log=stage.dir / "library-warnings.log"):
         size_before = _sizes(before, source.model_dir, example, kind)
-        size_after = _sizes(after, folder, new_example, kind)
+        if all("size_mb" in exported[f] for f in EXPORT_FORMATS):  # both kept: their files are the sizes
+            size_after = {"safetensors_mb": (folder / "model.safetensors").stat().st_size / 2**20,
+                          "onnx_fp32_mb": exported["fp32"]["size_mb"],
+                          "onnx_int8_dynamic_mb": exported["int8-dynamic"]["size_mb"]}
+        else:  # a refused format has no file: size a scratch export instead
+            size_after = _sizes(after, folder, {**example, "input_ids": lookup[example["input_ids"]]}, kind)
     params = {"before": sum(p.numel() for p in before.parameters()),
               "after": sum(p.numel() for p in after.parameters()),
               "embeddings_before": vocab_pass.embedding_params(before),
@@ -160,7 +175,7 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
              "vocab_after": len(vmap.kept), "params": params, "size_before": size_before, "size_after": size_after,
              "dev_rows_identical": compared, "dev_rows": rows, "max_abs_diff": worst,
              "test_oov_rate": oov, "test_oov_tokens": lost, "test_tokens": total,
-             "before": {s: old_scores[s] for s in old_scores}, "after": scores,
+             "before": {s: old_scores[s] for s in old_scores}, "after": scores, "export": exported,
              "seconds": round(time.perf_counter() - started, 1)}
     m = ctx.data.metric
     print(f"[vocab] {name}: {vmap.old_size} -> {len(vmap.kept)} tokens (from {'+'.join(v.splits)}"
