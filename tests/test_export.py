@@ -194,3 +194,18 @@ def test_the_metric_drop_is_bounded_even_when_agreement_passes():
     constant = np.zeros_like(scores)
     with np.errstate(all="ignore"), pytest.warns(Warning):
         assert not onnx_export.check("fp32", scores, constant, scores[:, 0], "pearson", 0.01).ok
+
+
+def test_exporting_hands_the_model_back_as_it_came(tmp_path, tiny_teacher_dir):
+    """export_fp32 traces in eval mode with eager attention; a model still being trained (QAT, a bench) must
+    get its dropout and its attention kernel back, not silently train on with eager attention and no dropout."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir, attn_implementation="sdpa")
+    model.train()
+    example = {"input_ids": torch.tensor([[101, 2000, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+               "token_type_ids": torch.zeros(1, 3, dtype=torch.long)}
+    onnx_export.export_fp32(model, tmp_path / "m.onnx", example)
+    assert (tmp_path / "m.onnx").is_file()
+    assert model.training and model.config._attn_implementation == "sdpa"
+    model.eval()
+    onnx_export.export_fp32(model, tmp_path / "m2.onnx", example)
+    assert not model.training

@@ -97,9 +97,21 @@ def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
                 kind: TaskKind = SEQUENCE_CLASSIFICATION) -> None:
     """TorchScript-based export (dynamo=False): with eager attention ORT's optimizer can fuse it.
     The graph's outputs are the task kind's (``logits``; QA: ``start_logits`` and ``end_logits``), with
-    its dynamic axes, e.g. (batch, sequence) for per-token outputs."""
-    model = model.eval()
+    its dynamic axes, e.g. (batch, sequence) for per-token outputs. The model is exported in eval mode with
+    eager attention and handed back as it came (training flag and attention kernel restored)."""
+    was_training, attention = model.training, getattr(model.config, "_attn_implementation", None)
+    model.eval()
     model.set_attn_implementation("eager")
+    try:
+        _export(model, path, example, kind)
+    finally:
+        model.train(was_training)
+        if attention and attention != "eager":
+            model.set_attn_implementation(attention)
+    onnx.checker.check_model(str(path))
+
+
+def _export(model: nn.Module, path: Path, example: dict[str, torch.Tensor], kind: TaskKind) -> None:
     names = [n for n in INPUTS if n in example]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes.update(kind.onnx_axes())
@@ -117,7 +129,6 @@ def export_fp32(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
         torch.onnx.export(Outputs(model), tuple(example[n] for n in INPUTS), str(path), input_names=list(INPUTS),
                           output_names=list(kind.output_names), dynamic_axes=axes, opset_version=OPSET,
                           dynamo=False, do_constant_folding=True)
-    onnx.checker.check_model(str(path))
 
 
 @quiet_step
