@@ -4,20 +4,22 @@ import numpy as np
 import pytest
 
 from distill.benchmarks import train as bench_train
+from distill.benchmarks import train_fixed
+from distill.benchmarks.train_common import BenchTrainError, textbrewer_folder
 
 TEXTS = ["one", "two words", "three words here", "a somewhat longer snippet of four", "x", "y z"]
 LABELS = [1, 0, 1, 0, 1, 0]
 
 
 def test_fixed_order_is_one_seeded_permutation_read_in_order_and_wrapping():
-    batches = bench_train.fixed_order(5, 3, 2, seed=42)
+    batches = train_fixed.fixed_order(5, 3, 2, seed=42)
     order = np.random.default_rng(42).permutation(5)
     assert [b.tolist() for b in batches] == [order[[0, 1]].tolist(), order[[2, 3]].tolist(), order[[4, 0]].tolist()]
 
 
 def test_grouped_batches_hold_the_same_examples_with_less_padding(tokenizer):
-    fixed = bench_train.fixed_batches(tokenizer, TEXTS, LABELS, 3, 2, 16, seed=0)
-    grouped = bench_train.grouped_batches(tokenizer, TEXTS, LABELS, 3, 2, 16, seed=0)
+    fixed = train_fixed.fixed_batches(tokenizer, TEXTS, LABELS, 3, 2, 16, seed=0)
+    grouped = train_fixed.grouped_batches(tokenizer, TEXTS, LABELS, 3, 2, 16, seed=0)
 
     def rows(batches):
         return sorted((tuple(i for i, m in zip(ids.tolist(), mask.tolist()) if m), int(label))
@@ -29,10 +31,10 @@ def test_grouped_batches_hold_the_same_examples_with_less_padding(tokenizer):
 
 
 def test_textbrewer_folder_without_the_package_is_refused_before_any_run(tmp_path):
-    assert bench_train.textbrewer_folder(None) is None
-    with pytest.raises(bench_train.BenchTrainError, match="no textbrewer package"):
-        bench_train.textbrewer_folder(str(tmp_path))
-    with pytest.raises(bench_train.BenchTrainError, match="unknown engines"):
+    assert textbrewer_folder(None) is None
+    with pytest.raises(BenchTrainError, match="no textbrewer package"):
+        textbrewer_folder(str(tmp_path))
+    with pytest.raises(BenchTrainError, match="unknown engines"):
         bench_train.main(["--engines", "ours,deepspeed"])
 
 
@@ -49,7 +51,7 @@ def test_table_reports_medians_and_the_ratio_to_textbrewer():
 def test_our_engine_worker_times_real_steps_on_the_embedded_assets():
     args = argparse.Namespace(worker="ours", mode="intermediate", steps=2, warmup=1, batch_size=4, max_len=16,
                               threads=2, seed=42)
-    result = bench_train.worker(args)
+    result = train_fixed.worker(args)
     assert result["engine"] == "ours" and result["timed_steps"] == 2 and result["samples_per_s"] > 0
     assert result["mean_padded_len"] <= 16 and 0 < result["real_token_share"] <= 1
     assert np.isfinite(result["loss_first"])

@@ -11,6 +11,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from distill.benchmarks import train as bench_train
+from distill.benchmarks import train_device
+from distill.benchmarks.train_common import BenchTrainError
 from distill.report import report
 from distill.stages import bench
 from tests.conftest import tiny_config
@@ -23,9 +25,9 @@ without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what
 # --- bench-train --device ---------------------------------------------------------------------------------
 
 def test_shapes_name_the_stages_or_give_batch_and_tokens():
-    assert bench_train.parse_shapes("general,2a,4x16") == [("general", 256, 128), ("2a", 32, 64), ("4x16", 4, 16)]
-    with pytest.raises(bench_train.BenchTrainError, match="BATCHxTOKENS"):
-        bench_train.parse_shapes("general,4by16")
+    assert train_device.parse_shapes("general,2a,4x16") == [("general", 256, 128), ("2a", 32, 64), ("4x16", 4, 16)]
+    with pytest.raises(BenchTrainError, match="BATCHxTOKENS"):
+        train_device.parse_shapes("general,4by16")
 
 
 def test_linear_flops_count_every_linear_of_a_bert_forward_by_the_hand_formula():
@@ -33,7 +35,7 @@ def test_linear_flops_count_every_linear_of_a_bert_forward_by_the_hand_formula()
     model = BertModel(BertConfig(vocab_size=500, hidden_size=h, num_hidden_layers=layers, num_attention_heads=4,
                                  intermediate_size=f)).eval()
     ids = torch.randint(5, 500, (batch, seq))
-    counted = bench_train.linear_flops({"m": model}, lambda: model(input_ids=ids))["m"]
+    counted = train_device.linear_flops({"m": model}, lambda: model(input_ids=ids))["m"]
     per_token = layers * (4 * h * h + 2 * h * f)  # q, k, v, attention out; FFN in and out
     assert counted == 2 * per_token * batch * seq + 2 * h * h * batch  # + the pooler on [CLS]
 
@@ -47,18 +49,18 @@ def test_bare_loss_is_the_engines_objective_on_the_same_weights():
     from students.presets import resolve_shape
 
     torch.manual_seed(0)
-    teacher = bench_train.random_teacher("tiny", torch.device("cpu"))
-    student = build_student(resolve_shape(bench_train.STUDENT_PRESET), teacher, kind="base", init="random", seed=0)
-    matches = build_layer_map(bench_train.DEVICE_LOSSES, "uniform", 4, teacher.config.num_hidden_layers)
+    teacher = train_device.random_teacher("tiny", torch.device("cpu"))
+    student = build_student(resolve_shape(train_device.STUDENT_PRESET), teacher, kind="base", init="random", seed=0)
+    matches = build_layer_map(train_device.DEVICE_LOSSES, "uniform", 4, teacher.config.num_hidden_layers)
     objective = DistillObjective(student, teacher, matches)
     assert set(objective.projections) == {"embedding", "hidden"}
     assert objective.projections["hidden"].in_features == 312
     objective.trainable.eval()
-    (batch,) = bench_train.synthetic_batches(1, 3, 12, teacher.config.vocab_size, seed=0)
+    (batch,) = train_device.synthetic_batches(1, 3, 12, teacher.config.vocab_size, seed=0)
     with torch.no_grad():
         engine, terms = objective(batch)
-        bare = bench_train.bare_loss(student, objective.projections, teacher, batch, bench_train.layer_pairs(matches))
-    assert bench_train.layer_pairs(matches) == [(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)]  # uniform, 4 of 8
+        bare = train_device.bare_loss(student, objective.projections, teacher, batch, train_device.layer_pairs(matches))
+    assert train_device.layer_pairs(matches) == [(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)]  # uniform, 4 of 8
     assert float(bare) == pytest.approx(float(engine), rel=1e-5)
     assert float(bare) == pytest.approx(terms["embedding_mse"] + terms["hidden_mse"], rel=1e-5)
 
@@ -98,7 +100,7 @@ def test_named_stage_shapes_print_their_target_beside_the_ratio():
 
 @without_cuda
 def test_device_mode_asked_for_a_gpu_without_one_stops_before_building_anything():
-    with pytest.raises(bench_train.BenchTrainError, match="sees no CUDA device"):
+    with pytest.raises(BenchTrainError, match="sees no CUDA device"):
         bench_train.main(["--device", "cuda"])
 
 
