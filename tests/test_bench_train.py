@@ -55,3 +55,17 @@ def test_our_engine_worker_times_real_steps_on_the_embedded_assets():
     assert result["engine"] == "ours" and result["timed_steps"] == 2 and result["samples_per_s"] > 0
     assert result["mean_padded_len"] <= 16 and 0 < result["real_token_share"] <= 1
     assert np.isfinite(result["loss_first"])
+
+
+def test_worker_runs_from_the_checkout_root_and_a_baseline_tree_must_have_the_layered_engine(tmp_path):
+    """The worker interpreter gets the checkout root on its path (not distill/), and --baseline-tree accepts a
+    checkout with distill/engine/objectives.py, the module the worker imports, and refuses anything else."""
+    from distill.benchmarks import train, train_fixed
+    from distill.benchmarks.train_common import BenchTrainError
+
+    root = train_fixed._project_root()
+    assert (root / "distill" / "engine" / "objectives.py").is_file() and (root / "Makefile").is_file()
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "objectives.py").write_text("")  # the flat layout the worker cannot import from
+    with pytest.raises(BenchTrainError, match="layered engine"):
+        train.main(["--baseline-tree", str(tmp_path), "--engines", "ours", "--steps", "1"])

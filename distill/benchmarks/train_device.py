@@ -215,7 +215,7 @@ def textbrewer_importable(folder: Path | None) -> str | None:
         import textbrewer  # noqa: F401
     except ImportError as err:
         return (f"textbrewer rows skipped: TextBrewer is not importable ({err}; give --textbrewer-path DIR or "
-                "TEXTBREWER_PATH, see the top of this file; it is never a project dependency)")
+                "TEXTBREWER_PATH, see `python -m distill.benchmarks.train --help`; it is never a project dependency)")
     return None
 
 

@@ -258,7 +258,8 @@ def worker(args) -> dict:
 
 
 def _project_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    """The checkout this file belongs to (distill/benchmarks/train_fixed.py -> the folder holding distill/)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def run_engine(engine: str, args, tb: Path | None) -> dict:
@@ -291,8 +292,9 @@ def run_fixed(args) -> list[dict]:
     if unknown or args.repeats < 1 or args.steps < 1 or args.warmup < 0:
         raise BenchTrainError(f"bench-train: unknown engines {unknown} (choose from {ENGINES}) or repeats/steps < 1")
     if args.baseline_tree:
-        if not (Path(args.baseline_tree) / "distill" / "objectives.py").is_file():
-            raise BenchTrainError(f"--baseline-tree {args.baseline_tree!r} is not a checkout of this project")
+        if not (Path(args.baseline_tree) / "distill" / "engine" / "objectives.py").is_file():
+            raise BenchTrainError(f"--baseline-tree {args.baseline_tree!r} is not a checkout of this project with the "
+                                  "layered engine (distill/engine/objectives.py); give a commit from after the split")
         engines.append("ours-baseline")
     tb = textbrewer_folder(args.textbrewer_path)
     if tb is None and "textbrewer" in engines:
