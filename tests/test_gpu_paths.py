@@ -254,3 +254,17 @@ def test_gpu_check_counts_a_run_with_refused_formats_as_a_pass_and_names_them():
     assert gpu_check.refusals_pass(refused).ok and "teacher-int8-dynamic" in refused.note
     broken = gpu_check.Step("embedded default", "failed (exit 1)", 10.0, "runs/x")
     assert not gpu_check.refusals_pass(broken).ok
+
+
+def test_gpu_check_moves_aside_and_names_a_run_folder_outside_the_checkout(tmp_path, monkeypatch):
+    """output_dir may be an absolute path anywhere: the distill step still names its folder and keeps the
+    previous check's run aside, where relative_to(checkout) used to raise ValueError."""
+    from distill.benchmarks import gpu_check
+
+    outside = tmp_path / "elsewhere" / "run"
+    outside.mkdir(parents=True)
+    monkeypatch.setattr(gpu_check, "run_dir", lambda root: outside)
+    monkeypatch.setattr(gpu_check, "run_step", lambda step, cmd, limit, root: step)
+    monkeypatch.setattr(gpu_check, "refusals_pass", lambda step: step)
+    step = gpu_check.run_distill(Path(__file__).resolve().parents[1], 1.0)
+    assert step.note == str(outside) and outside.with_name("gpu-check.old").is_dir()

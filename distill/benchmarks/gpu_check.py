@@ -116,7 +116,9 @@ def run_dir(root: Path) -> Path:
 
 def run_distill(root: Path, limit: float) -> Step:
     folder = run_dir(root)
-    step = Step(f"embedded default (run_id={RUN_ID})", note=str(folder.relative_to(root)))
+    # output_dir may lie outside the checkout (an absolute path): name the folder as it is then
+    note = folder.relative_to(root) if folder.is_relative_to(root) else folder
+    step = Step(f"embedded default (run_id={RUN_ID})", note=str(note))
     if folder.exists():  # every stage must run here: a previous check's folder is kept once, aside
         old = folder.with_name(f"{RUN_ID}.old")
         if old.exists():
