@@ -270,3 +270,23 @@ def test_bench_and_report_show_the_vocab_and_qat_students_run_on_their_own_input
     assert f"{vocab['vocab_before']:,} -> {vocab['vocab_after']:,}" in report
     qat_row = next(line for line in report.splitlines() if line.startswith("| student-task | ") and "points" in line)
     assert qat_row.split(" | ")[2] != "-"  # a post-training QDQ score, or its refusal with the dev drop
+
+
+def test_bench_rows_of_vocab_students_keep_checked_formats_and_list_refused_ones(tmp_path):
+    from distill.stages.bench import vocab_artifacts
+    from distill.stages.spec import Output
+
+    model = tmp_path / "student-task" / "model"
+    onnx_dir = tmp_path / "student-task-vocab-fp32"
+    for d in (model, onnx_dir):
+        d.mkdir(parents=True)
+    (onnx_dir / "model.onnx").write_bytes(b"")
+    result = {"models": {"student-task": {"folder": str(model), "export": {
+        "fp32": {"folder": str(onnx_dir), "check": {"ok": True}},
+        "int8-dynamic": {"refused": True, "reason": "check failed: agreement 90.00% (limit 97.0%)"}}}}}
+    found, own, refused = vocab_artifacts(Output(tmp_path, tmp_path, result))
+    assert found == [("student-task-vocab", model, None, model, None),
+                     ("student-task-vocab", onnx_dir / "model.onnx", "fp32", model, None)]
+    assert own == {"student-task-vocab": model}
+    assert refused == [{"name": "student-task-vocab", "runtime": "onnxruntime-int8-dynamic", "status": "refused",
+                        "reason": "check failed: agreement 90.00% (limit 97.0%)"}]

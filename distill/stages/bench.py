@@ -337,19 +337,23 @@ def qat_artifacts(qat: Output, sources: dict[str, Path]) -> list[tuple]:
             for name, e in qat.result.get("models", {}).items() if (Path(e["folder"]) / "model.onnx").is_file()]
 
 
-def vocab_artifacts(vocab: Output) -> tuple[list[tuple], dict[str, Path]]:
+def vocab_artifacts(vocab: Output) -> tuple[list[tuple], dict[str, Path], list[dict]]:
     """The vocabulary-pruned students (opt-in vocab stage) as '<model>-vocab' rows: PyTorch and every ONNX
-    format its check kept; and, for each row name, the folder whose tokenizer its inputs need."""
-    found, own = [], {}
+    format its check kept; for each row name, the folder whose tokenizer its inputs need; and the formats
+    its check refused, as left-out rows."""
+    found, own, refused = [], {}, []
     for name, e in vocab.result.get("models", {}).items():
         folder, row = Path(e["folder"]), f"{name}-vocab"
         own[row] = folder
         found.append((row, folder, None, folder, None))
         for variant, entry in e.get("export", {}).items():
             path = Path(entry.get("folder", "")) / "model.onnx"
-            if not entry.get("refused") and path.is_file():
+            if entry.get("refused"):
+                refused.append({"name": row, "runtime": f"onnxruntime-{variant}", "status": "refused",
+                                "reason": entry.get("reason", "")})
+            elif path.is_file():
                 found.append((row, path, variant, folder, None))
-    return found, own
+    return found, own, refused
 
 
 def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
@@ -393,8 +397,9 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
     if cfg.qat.enabled:
         artifacts += qat_artifacts(inputs["qat"], sources)
     if cfg.vocab.enabled:
-        found, own = vocab_artifacts(inputs["vocab"])
+        found, own, refused_vocab = vocab_artifacts(inputs["vocab"])
         artifacts += found
+        left_out += refused_vocab
     inputs_for = TestInputs(ctx, cfg.bench.test_examples)
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {inputs_for(None).examples} test examples, {threads} threads")
