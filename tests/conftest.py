@@ -21,6 +21,25 @@ def tiny_config(**kw) -> BertConfig:
     return BertConfig(**base)
 
 
+TRAINING_SECTIONS = ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction",
+                     "prune.recovery")
+
+
+def tiny_overrides(tmp_path, teacher, task, *extra, hidden=16, ffn=32, max_len=32, steps=2, save_every=0,
+                   sections=()) -> list[str]:
+    """The config overrides of a tiny run, shared by the pipeline tests: outputs under ``tmp_path / "runs"``, the
+    given teacher and task folders, a custom 2-layer student (4 heads, ``hidden``/``ffn`` wide), then for each of
+    ``sections`` (e.g. ``TRAINING_SECTIONS``) ``steps`` steps of batch 8 logging every step. ``extra`` comes last, so
+    a test's own overrides win over these."""
+    out = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", f"task.max_len={max_len}",
+           "student.preset=custom", "student.layers=2", f"student.hidden={hidden}", "student.heads=4",
+           f"student.ffn={ffn}"]
+    for section in sections:
+        out += [f"{section}.max_steps={steps}", f"{section}.batch_size=8", f"{section}.save_every={save_every}",
+                f"{section}.log_every=1"]
+    return out + list(extra)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(assets.minilm_dir())

@@ -19,7 +19,7 @@ from distill.config import ConfigError, ExperimentConfig, load_config
 from distill.engine.layer_map import build_layer_map
 from distill.engine.objectives import DistillObjective
 from distill.stages.teacher import load_finetuned
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_overrides
 
 TEXTS = ["a good film", "bad", "the worst thing ever made by anyone anywhere", "fine enough",
          "an utterly wonderful and moving story of two old friends", "meh", "not my cup of tea at all",
@@ -285,14 +285,11 @@ def test_stage_2a_trains_from_the_cache_when_it_runs_several_epochs(tmp_path, ti
     from distill.stages.context import RunContext
     from distill.runner.plan import build
 
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}",
-                 "teacher.already_finetuned=true", "teacher.gate=warn", f"task.name={task_folder}", "task.max_len=32",
-                 "general.enabled=false",
-                 "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
-                 "task_distill.intermediate.batch_size=8",
-                 "task_distill.augment.auto_below=0",  # the 40 originals only
-                 "task_distill.intermediate.max_steps=12",  # 40 examples in 5 batches: 2.4 passes
-                 "task_distill.intermediate.save_every=0", "task_distill.intermediate.log_every=4"]
+    overrides = tiny_overrides(tmp_path, tiny_teacher_dir, task_folder, "teacher.already_finetuned=true",
+                               "teacher.gate=warn", "general.enabled=false", "task_distill.intermediate.batch_size=8",
+                               "task_distill.augment.auto_below=0",  # the 40 originals only
+                               "task_distill.intermediate.max_steps=12",  # 40 examples in 5 batches: 2.4 passes
+                               "task_distill.intermediate.save_every=0", "task_distill.intermediate.log_every=4")
     ctx = RunContext(load_config(None, overrides))
     build(ctx, "2a")
     out = capsys.readouterr().out

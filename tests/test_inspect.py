@@ -20,6 +20,7 @@ from distill.report.summary import SUMMARY_FILE, report_section, summarize
 from distill.runner.plan import build
 from distill.stages.teacher import TeacherGateError, check_teacher
 from teachers.load import load_config as load_model_config
+from tests.conftest import tiny_overrides
 
 STAGES = ("student-general", "student-intermediate", "student-task", "student-pruned", "export")
 
@@ -31,11 +32,10 @@ def _task(train, dev, test, metric="accuracy", names=("neg", "pos")):
 
 
 def _cfg(tmp_path, teacher, task, *extra, steps=3, lr=2e-5):
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=32",
-                 "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
-                 "general.enabled=false", f"teacher.finetune.max_steps={steps}", "teacher.finetune.batch_size=8",
-                 f"teacher.finetune.lr={lr}", "teacher.finetune.save_every=0", "teacher.finetune.warmup_ratio=0"]
-    return load_config(None, overrides + list(extra))
+    return load_config(None, tiny_overrides(tmp_path, teacher, task, "general.enabled=false",
+                                            f"teacher.finetune.max_steps={steps}", "teacher.finetune.batch_size=8",
+                                            f"teacher.finetune.lr={lr}", "teacher.finetune.save_every=0",
+                                            "teacher.finetune.warmup_ratio=0", *extra))
 
 
 @pytest.fixture()

@@ -159,14 +159,13 @@ def test_a_full_disk_leaves_the_logits_uncached_and_the_stage_going(tmp_path, to
 def _tiny_run(tmp_path, tiny_teacher_dir, task_folder, *extra):
     from distill.config import load_config
     from distill.stages.context import RunContext
+    from tests.conftest import tiny_overrides
 
-    return RunContext(load_config(None, [
-        f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", "teacher.already_finetuned=true",
-        "teacher.gate=warn", f"task.name={task_folder}", "task.max_len=32", "general.enabled=false",
-        "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
-        "task_distill.intermediate.batch_size=8", "task_distill.prediction.batch_size=8",
+    return RunContext(load_config(None, tiny_overrides(
+        tmp_path, tiny_teacher_dir, task_folder, "teacher.already_finetuned=true", "teacher.gate=warn",
+        "general.enabled=false", "task_distill.intermediate.batch_size=8", "task_distill.prediction.batch_size=8",
         "task_distill.intermediate.save_every=0", "task_distill.prediction.save_every=0",
-        "task_distill.prediction.eval_every=0", *extra]))
+        "task_distill.prediction.eval_every=0", *extra)))
 
 
 @pytest.mark.parametrize("setting", ["task_distill.intermediate.max_steps=2",  # output losses only: logits cached

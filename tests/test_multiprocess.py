@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from distill.base.ranks import PROCESS_GROUP_TIMEOUT
 from distill.engine.tracking import read_metrics
+from tests.conftest import TRAINING_SECTIONS, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,15 +131,9 @@ def _cli_overrides(tmp_path, teacher, task, steps: int = 3, save_every: int = 2)
     corpus = tmp_path / "corpus.txt"
     tmp_path.mkdir(parents=True, exist_ok=True)
     corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema on a rainy day." for i in range(200)))
-    out = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=32",
-           "student.preset=custom", "student.layers=2", "student.hidden=32", "student.heads=4", "student.ffn=32",
-           f"general.corpus={corpus}", "general.max_len=32", "teacher.gate=warn", "general.teacher=task",
-           "student.init=teacher"]
-    for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction",
-                    "prune.recovery"):
-        out += [f"{section}.max_steps={steps}", f"{section}.batch_size=8", f"{section}.save_every={save_every}",
-                f"{section}.log_every=1"]
-    return out
+    return tiny_overrides(tmp_path, teacher, task, f"general.corpus={corpus}", "general.max_len=32",
+                          "teacher.gate=warn", "general.teacher=task", "student.init=teacher", hidden=32, steps=steps,
+                          save_every=save_every, sections=TRAINING_SECTIONS)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from transformers import AutoModelForTokenClassification, pipeline
 
 from distill.runner import pipeline as stages
 from distill.config import load_config
+from tests.conftest import TRAINING_SECTIONS, tiny_overrides
 
 WORDS = {"PER": ["john", "mary", "peter"], "LOC": ["paris", "berlin", "london"], "ORG": ["google", "reuters"]}
 
@@ -46,17 +47,13 @@ def conll_folder(tmp_path):
 def _cfg(tmp_path, teacher, task, *extra):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"john smith went to paris on day {i} to meet reuters." for i in range(100)))
-    steps = ["max_steps=3", "batch_size=8", "save_every=0", "log_every=1"]
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=32",
-                 "student.preset=custom", "student.layers=2", "student.hidden=32", "student.heads=4", "student.ffn=32",
-                 "student.init=teacher", f"general.corpus={corpus}", "general.max_len=32", "general.teacher=task",
-                 "task_distill.prediction_losses={soft_ce: 1.0, hard_ce: 0.5}", "export.check_examples=8",
-                 "export.formats=[fp32, fp32-fused, int8-dynamic]", "bench.repeats=5", "bench.test_examples=8",
-                 "teacher.gate=warn"]  # a 3-step tiny teacher learns nothing
-    for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction",
-                    "prune.recovery"):
-        overrides += [f"{section}.{s}" for s in steps]
-    return load_config(None, overrides + list(extra))
+    overrides = tiny_overrides(tmp_path, teacher, task, "student.init=teacher", f"general.corpus={corpus}",
+                               "general.max_len=32", "general.teacher=task",
+                               "task_distill.prediction_losses={soft_ce: 1.0, hard_ce: 0.5}", "export.check_examples=8",
+                               "export.formats=[fp32, fp32-fused, int8-dynamic]", "bench.repeats=5",
+                               "bench.test_examples=8", "teacher.gate=warn",  # a 3-step tiny teacher learns nothing
+                               *extra, hidden=32, steps=3, sections=TRAINING_SECTIONS)
+    return load_config(None, overrides)
 
 
 def test_ner_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir, conll_folder):

@@ -7,7 +7,7 @@ from distill.engine.layer_map import build_layer_map
 from distill.engine.losses import soft_ce, token_mse
 from distill.engine.objectives import DistillObjective, with_teacher_logits
 from distill.engine.placement import placement
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_overrides
 
 
 def _student():
@@ -83,12 +83,10 @@ def test_stage_2a_starts_from_the_projection_the_general_stage_trained(tmp_path,
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema." for i in range(60)))
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}",
-                 "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
-                 "student.ffn=32", f"general.corpus={corpus}", "general.max_len=32",
-                 "general.losses={embedding_mse: 1.0, hidden_mse: 1.0}",
-                 "task_distill.intermediate_losses={embedding_mse: 1.0, hidden_mse: 1.0}",
-                 "teacher.gate=warn"]  # a 2-step teacher learns nothing; this test is about projections
+    overrides = tiny_overrides(tmp_path, tiny_teacher_dir, task_folder, f"general.corpus={corpus}",
+                               "general.max_len=32", "general.losses={embedding_mse: 1.0, hidden_mse: 1.0}",
+                               "task_distill.intermediate_losses={embedding_mse: 1.0, hidden_mse: 1.0}",
+                               "teacher.gate=warn")  # a 2-step teacher learns nothing; this test is about projections
     for section in ("teacher.finetune", "general.train", "task_distill.intermediate"):
         overrides += [f"{section}.max_steps=2", f"{section}.batch_size=8", f"{section}.save_every=0",
                       f"{section}.lr=1e-2", f"{section}.warmup_ratio=0.0"]

@@ -10,19 +10,16 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from distill.runner import pipeline
 from distill.config import load_config
 from distill.stages.records import StageConflictError
+from tests.conftest import TRAINING_SECTIONS, tiny_overrides
 
 
 def _cfg(tmp_path, teacher, task, *extra):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the film number {i} was shown in the old cinema on a rainy day." for i in range(200)))
-    steps = ["max_steps=3", "batch_size=8", "save_every=0", "log_every=1"]
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=32",
-                 "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4", "student.ffn=32",
-                 f"general.corpus={corpus}", "general.max_len=32",
-                 "teacher.gate=warn"]  # a 3-step tiny teacher learns nothing; the gate is tested in test_inspect.py
-    for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction"):
-        overrides += [f"{section}.{s}" for s in steps]
-    return load_config(None, overrides + list(extra))
+    # teacher.gate=warn: a 3-step tiny teacher learns nothing; the gate is tested in test_inspect.py
+    overrides = tiny_overrides(tmp_path, teacher, task, f"general.corpus={corpus}", "general.max_len=32",
+                               "teacher.gate=warn", *extra, steps=3, sections=TRAINING_SECTIONS[:4])
+    return load_config(None, overrides)
 
 
 def _accuracy_one_by_one(folder, test_file) -> float:

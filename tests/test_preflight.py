@@ -12,7 +12,7 @@ from transformers import BertForSequenceClassification
 from distill.config import ConfigError, load_config
 from distill.stages.context import RunContext
 from distill.runner.pipeline import preflight
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_overrides
 
 
 @pytest.fixture()
@@ -25,9 +25,8 @@ def corpus(tmp_path):
 @pytest.fixture()
 def base(tmp_path, tiny_teacher_dir, task_folder, corpus):
     """Overrides for a tiny, valid run: 4-layer teacher (128 positions), 2-layer student."""
-    return [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}",
-            "student.preset=custom", "student.layers=2", "student.hidden=32", "student.heads=4", "student.ffn=64",
-            f"general.corpus={corpus}", "task.max_len=64", "general.max_len=64"]
+    return tiny_overrides(tmp_path, tiny_teacher_dir, task_folder, f"general.corpus={corpus}", "general.max_len=64",
+                          hidden=32, ffn=64, max_len=64)
 
 
 def _preflight(overrides):

@@ -8,24 +8,21 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 from distill.runner import pipeline as stages
 from distill.config import load_config
 from distill.tasks.question_answering import answer_questions
+from tests.conftest import TRAINING_SECTIONS, tiny_overrides
 from tests.qa_data import squad_folder
 
 
 def _cfg(tmp_path, teacher, task, *extra):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the capital of france is paris and day {i} was mild." for i in range(100)))
-    steps = ["max_steps=3", "batch_size=8", "save_every=0", "log_every=1"]
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={teacher}", f"task.name={task}", "task.max_len=48",
-                 "task.doc_stride=16", "task.max_question_len=16",
-                 "student.preset=custom", "student.layers=2", "student.hidden=32", "student.heads=4", "student.ffn=32",
-                 "student.init=teacher", f"general.corpus={corpus}", "general.max_len=32", "general.teacher=task",
-                 "task_distill.prediction_losses={soft_ce: 1.0, hard_ce: 0.5}", "task_distill.temperature=2.0",
-                 "export.check_examples=16", "export.formats=[fp32, fp32-fused]", "bench.repeats=5",
-                 "bench.test_examples=40", "teacher.gate=warn"]  # a 3-step tiny teacher learns nothing
-    for section in ("teacher.finetune", "general.train", "task_distill.intermediate", "task_distill.prediction",
-                    "prune.recovery"):
-        overrides += [f"{section}.{s}" for s in steps]
-    return load_config(None, overrides + list(extra))
+    overrides = tiny_overrides(tmp_path, teacher, task, "task.doc_stride=16", "task.max_question_len=16",
+                               "student.init=teacher", f"general.corpus={corpus}", "general.max_len=32",
+                               "general.teacher=task", "task_distill.prediction_losses={soft_ce: 1.0, hard_ce: 0.5}",
+                               "task_distill.temperature=2.0", "export.check_examples=16",
+                               "export.formats=[fp32, fp32-fused]", "bench.repeats=5", "bench.test_examples=40",
+                               "teacher.gate=warn",  # a 3-step tiny teacher learns nothing
+                               *extra, hidden=32, max_len=48, steps=3, sections=TRAINING_SECTIONS)
+    return load_config(None, overrides)
 
 
 def test_qa_pipeline_end_to_end_on_tiny_models(tmp_path, tiny_encoder_dir):

@@ -160,14 +160,13 @@ def test_config_is_opt_in_and_checks_models():
 
 def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_folder):
     from distill.runner import pipeline
+    from tests.conftest import tiny_overrides
 
-    steps = ["max_steps=2", "batch_size=8", "save_every=0", "log_every=1"]
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}",
-                 "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
-                 "student.ffn=32", "general.enabled=false", "prune.enabled=false", "export.enabled=false",
-                 "export.models=[student-task]", "teacher.gate=warn", "qat.enabled=true", "qat.calibration_batches=2"]
-    for section in ("teacher.finetune", "task_distill.intermediate", "task_distill.prediction", "qat.train"):
-        overrides += [f"{section}.{s}" for s in steps]
+    overrides = tiny_overrides(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
+                               "export.enabled=false", "export.models=[student-task]", "teacher.gate=warn",
+                               "qat.enabled=true", "qat.calibration_batches=2",
+                               sections=("teacher.finetune", "task_distill.intermediate", "task_distill.prediction",
+                                         "qat.train"))
     cfg = load_config(None, overrides)
     assert pipeline.run_qat(cfg) == 0
     stage = cfg.run_dir / "student-qat"

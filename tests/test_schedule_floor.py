@@ -13,6 +13,7 @@ import pytest
 from distill.config import AugmentConfig, TaskStageConfig, TrainConfig, load_config
 from distill.data.augment import auto_augment
 from distill.stages.common import step_floor
+from tests.conftest import tiny_overrides
 
 
 def test_a_small_set_given_in_epochs_is_raised_to_the_floor():
@@ -132,14 +133,12 @@ def test_a_200_example_task_gets_augmentation_and_the_step_floor_in_2a_and_2b(tm
     from distill.stages.context import RunContext
 
     per_stage = ["epochs=1", "batch_size=32", "save_every=0", "log_every=1"]
-    cfg = load_config(None, [
-        f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={small_task}",
-        "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
-        "student.ffn=32", "general.enabled=false",
+    cfg = load_config(None, tiny_overrides(
+        tmp_path, tiny_teacher_dir, small_task, "general.enabled=false",
         "teacher.gate=warn",  # a 3-step tiny teacher learns nothing
         "teacher.finetune.max_steps=3", "teacher.finetune.batch_size=8", "teacher.finetune.save_every=0",
         "task_distill.augment.copies=1", "task_distill.min_steps_2a=30", "task_distill.min_steps_2b=25",
-        *[f"task_distill.intermediate.{s}" for s in per_stage], *[f"task_distill.prediction.{s}" for s in per_stage]])
+        *[f"task_distill.intermediate.{s}" for s in per_stage], *[f"task_distill.prediction.{s}" for s in per_stage]))
     ctx = RunContext(cfg)
     build(ctx, "2b")
     out = capsys.readouterr().out

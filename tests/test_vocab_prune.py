@@ -174,16 +174,15 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
 
     from distill.config import load_config
     from distill.runner import pipeline
+    from tests.conftest import tiny_overrides
 
-    steps = ["max_steps=2", "batch_size=8", "save_every=0", "log_every=1"]
-    overrides = [f"output_dir={tmp_path / 'runs'}", f"teacher.name={tiny_teacher_dir}", f"task.name={task_folder}",
-                 "task.max_len=32", "student.preset=custom", "student.layers=2", "student.hidden=16", "student.heads=4",
-                 "student.ffn=32", "general.enabled=false", "prune.enabled=false", "export.enabled=false",
-                 "export.models=[student-task]", "teacher.gate=warn", "vocab.enabled=true",
-                 "vocab.splits=[train,dev]",  # the tiny task's dev rows each have a word train lacks
-                 "vocab.extra_tokens=50", "vocab.extra_documents=500"]  # plus the 50 most frequent new tokens of general.corpus (wiki)
-    for section in ("teacher.finetune", "task_distill.intermediate", "task_distill.prediction"):
-        overrides += [f"{section}.{s}" for s in steps]
+    overrides = tiny_overrides(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
+                               "export.enabled=false", "export.models=[student-task]", "teacher.gate=warn",
+                               "vocab.enabled=true",
+                               "vocab.splits=[train,dev]",  # the tiny task's dev rows each have a word train lacks
+                               "vocab.extra_tokens=50",  # plus the 50 most frequent new tokens of general.corpus (wiki)
+                               "vocab.extra_documents=500",
+                               sections=("teacher.finetune", "task_distill.intermediate", "task_distill.prediction"))
     cfg = load_config(None, overrides)
     assert pipeline.run_vocab(cfg) == 0
     stage = cfg.run_dir / "student-vocab"
