@@ -153,8 +153,10 @@ def test_cli_runs_every_training_stage_under_two_processes_and_the_main_one_writ
     # 2b ran the teacher once, on the main process; the other rank read its cache entry (recovery trains
     # hidden_mse too, so it runs the teacher every step and uses no logit cache)
     assert done.stdout.count("computed once and reused every epoch") == 1
-    assert [p.name.startswith("teacher-logits-") and not p.name.endswith(".tmp") for p in (run / "cache").iterdir()] \
-        == [True]
+    # one logit entry, no half-written one (the tiny task is small, so the cache also holds its augmented copies)
+    cached = [p.name for p in (run / "cache").iterdir()]
+    assert len([n for n in cached if n.startswith("teacher-logits-")]) == 1, cached
+    assert not [n for n in cached if n.endswith(".tmp")], cached
     assert len(list((run / "wandb").glob("offline-run-*"))) == len(stages)  # one wandb run per stage, not per rank
     assert (run / "config.yaml").is_file()
 
