@@ -289,3 +289,30 @@ def test_bench_rows_of_vocab_students_keep_checked_formats_and_list_refused_ones
     assert own == {"student-task-vocab": model}
     assert refused == [{"name": "student-task-vocab", "runtime": "onnxruntime-int8-dynamic", "status": "refused",
                         "reason": "check failed: agreement 90.00% (limit 97.0%)"}]
+
+
+def test_a_vocab_student_that_lost_more_than_a_dev_point_is_warned_about_with_the_fix():
+    # CoNLL-2003, train tokens only: dev entity F1 0.8479 -> 0.8294 (test 0.8003 -> 0.7779)
+    warning = stage.drop_warning("student-task", "entity_f1", 0.8479, 0.8294, 0.0262, 0)
+    assert "fell 1.85 points" in warning and "vocab.extra_tokens=10000 (now 0)" in warning
+    assert "vocab.extra_tokens=20000 (now 10000)" in stage.drop_warning("s", "f1", 0.8, 0.7, 0.1, 10000)
+    assert stage.drop_warning("student-task", "accuracy", 0.8243, 0.8150, 0.01, 0) == ""  # within a point
+
+
+def test_report_vocab_section_shows_sizes_scores_and_the_warning(tmp_path):
+    import json
+
+    from distill.report.report import vocab_section
+
+    assert vocab_section(tmp_path) == []
+    (tmp_path / "student-vocab").mkdir()
+    entry = {"vocab_before": 30522, "vocab_after": 14100, "params": {"before": 14292489, "after": 7986441},
+             "size_before": {"onnx_int8_dynamic_mb": 13.8}, "size_after": {"onnx_int8_dynamic_mb": 7.7},
+             "test_oov_rate": 0.0267, "before": {"test": {"score": 0.8003}}, "after": {"test": {"score": 0.7779}},
+             "dev_rows_identical": 2335, "dev_rows": 3250, "splits": ["train"],
+             "warning": "student-task: dev entity_f1 fell 1.85 points (0.8479 -> 0.8294)"}
+    (tmp_path / "student-vocab" / "result.json").write_text(json.dumps({"models": {"student-task": entry}}))
+    lines = vocab_section(tmp_path)
+    assert ("| student-task | 30,522 -> 14,100 | 14.29M -> 7.99M | 13.8 -> 7.7 MB | 2.67% | 0.8003 -> 0.7779 | "
+            "2,335 / 3,250 |") in lines
+    assert any(line.startswith("Warning: student-task: dev entity_f1 fell 1.85 points") for line in lines)

@@ -250,10 +250,13 @@ def vocab_section(run_dir: Path) -> list[str]:
                      f"{after['onnx_int8_dynamic_mb']:.1f} MB | {e['test_oov_rate']:.2%} | "
                      f"{e['before']['test']['score']:.4f} -> {e['after']['test']['score']:.4f} | "
                      f"{e['dev_rows_identical']:,} / {e['dev_rows']:,} |")
+    warnings = [f"Warning: {e['warning']}; keep more tokens with vocab.extra_tokens." for e in models.values()
+                if e.get("warning")]
     splits = "+".join(next(iter(models.values())).get("splits", ["train"]))
     return lines + ["", f"Kept: the tokens of the task's {splits} texts and the special tokens (plus "
                     "vocab.extra_tokens general-corpus tokens when set). 'dev rows identical': dev examples whose "
-                    "tokens were all kept, on which the pruned model's logits matched the unpruned one's.", ""]
+                    "tokens were all kept, on which the pruned model's logits matched the unpruned one's.", "",
+                    *[line for w in warnings for line in (w, "")]]
 
 
 def _markdown_html(lines: list[str]) -> str:

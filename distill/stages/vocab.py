@@ -114,6 +114,23 @@ def _sizes(model, folder: Path, example: dict, kind) -> dict:
                 "onnx_int8_dynamic_mb": (tmp / "int8.onnx").stat().st_size / 2**20}
 
 
+# a dev score that falls by more than this (score units: 0.01 = 1 point) is worth a warning: too many of the
+# evaluation texts' tokens have no row left (CoNLL-2003 train-only lost 1.85 dev / 2.24 test entity-F1 points)
+WARN_DROP = 0.01
+
+
+def drop_warning(name: str, metric: str, before: float, after: float, dev_oov: float, extra_tokens: int) -> str:
+    """The warning (one line + its fix) when the vocabulary-pruned student's dev score fell by more than
+    WARN_DROP; '' otherwise."""
+    if before - after <= WARN_DROP:
+        return ""
+    more = max(10000, extra_tokens * 2)
+    return (f"[vocab] WARNING {name}: dev {metric} fell {(before - after) * 100:.2f} points ({before:.4f} -> "
+            f"{after:.4f}); {dev_oov:.2%} of dev tokens have no row left\n"
+            f"  fix: keep frequent general-corpus tokens too: vocab.extra_tokens={more} (now {extra_tokens}), "
+            "into a fresh student-vocab/ (or a new run_id)")
+
+
 def _scores(ctx: RunContext, model, tokenizer) -> dict:
     return {split: evaluate(model, ctx.own_loader(tokenizer, split, 128), ctx.data, getattr(ctx.data, split))
             for split in ("dev", "test")}
@@ -154,6 +171,7 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
         raise UserError(f"vocab {name}: the pruned student's logits differ from the unpruned one's by {worst:.2e} "
                         f"(> {ATOL}) on dev examples whose tokens are all kept: the token id map is wrong")
     oov, lost, total = oov_rate(ctx.tokenized["test"], vmap, tok.unk_token_id)
+    dev_oov = oov_rate(ctx.tokenized["dev"], vmap, tok.unk_token_id)[0]
     scores = _scores(ctx, after, new_tok)
     old_scores = {s: source.result[s] for s in ("dev", "test") if s in source.result} or _scores(ctx, before, tok)
     example = {k: v[:1] for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
@@ -174,7 +192,7 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
              "vocab_before": vmap.old_size,
              "vocab_after": len(vmap.kept), "params": params, "size_before": size_before, "size_after": size_after,
              "dev_rows_identical": compared, "dev_rows": rows, "max_abs_diff": worst,
-             "test_oov_rate": oov, "test_oov_tokens": lost, "test_tokens": total,
+             "test_oov_rate": oov, "test_oov_tokens": lost, "test_tokens": total, "dev_oov_rate": dev_oov,
              "before": {s: old_scores[s] for s in old_scores}, "after": scores, "export": exported,
              "seconds": round(time.perf_counter() - started, 1)}
     m = ctx.data.metric
@@ -185,6 +203,10 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
     print(f"[vocab] {name}: identical logits (max |diff| {worst:.1e}) on {compared}/{rows} dev rows whose tokens "
           f"are all kept; test OOV {oov:.2%} ({lost}/{total} tokens); test {m} "
           f"{old_scores['test']['score']:.4f} -> {scores['test']['score']:.4f}")
+    warning = drop_warning(name, m, old_scores["dev"]["score"], scores["dev"]["score"], dev_oov, v.extra_tokens)
+    if warning:
+        print(warning)
+        entry["warning"] = warning.splitlines()[0].removeprefix("[vocab] WARNING ")
     return entry
 
 
