@@ -158,9 +158,14 @@ def test_config_is_opt_in_and_checks_models():
                            "export.models=[student-task]"])
 
 
-def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_folder):
+@pytest.mark.parametrize("winner", ["trained", "calibrated"])
+def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_folder, monkeypatch, winner):
     from distill.runner import pipeline
+    from distill.stages import qat as qat_stage
     from tests.conftest import tiny_overrides
+
+    if winner == "calibrated":  # as on SQuAD, where 106 steps ended below calibration alone on dev
+        monkeypatch.setattr(qat_stage, "_calibration_wins", lambda calibrated, trained: True)
 
     overrides = tiny_overrides(tmp_path, tiny_teacher_dir, task_folder, "general.enabled=false", "prune.enabled=false",
                                "export.enabled=false", "export.models=[student-task]", "teacher.gate=warn",
@@ -173,8 +178,9 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
     result = json.loads((stage / "result.json").read_text())["models"]["student-task"]
     folder = stage / "student-task-qat-int8-qdq"
     assert (folder / "model.onnx").is_file() and (folder / "tokenizer.json").is_file()
-    assert result["steps"] == 2 and result["qdq_nodes"]["per_channel"] > 0
+    assert result["steps"] == 2 and result["qdq_nodes"]["per_channel"] > 0 and result["kept"] == winner
     assert 0 <= result["qdq"]["test"]["score"] <= 1 and "score" in result["fp32"]["test"]
+    assert (stage / "student-task" / "calibrated" / qat_stage.STATE).is_file()
     mtime = (folder / "model.onnx").stat().st_mtime
     assert pipeline.run_qat(cfg) == 0  # finished: reused, not trained again
     assert (folder / "model.onnx").stat().st_mtime == mtime
@@ -196,3 +202,13 @@ def test_report_puts_the_qat_row_beside_the_post_training_qdq_row(tmp_path):
         "refused": True, "reason": "check failed: metric drop", "check": {"metric_drop": 0.034}}}))
     assert "| student-task | 0.8009 | refused (dev drop 3.40 points) | 0.8001 | -0.08 points | 200 |" in qat_section(
         tmp_path, rows[1:])
+
+
+def test_the_calibrated_state_is_kept_only_when_training_never_beat_it_on_dev():
+    from distill.stages.qat import _calibration_wins
+
+    assert _calibration_wins(0.3119, 0.3085)  # SQuAD: 106 QAT steps ended below calibration alone
+    assert not _calibration_wins(0.8493, 0.8502)  # CoNLL student: training won
+    assert not _calibration_wins(0.85, 0.85)  # a tie keeps the trained state
+    assert not _calibration_wins(0.9, None) and not _calibration_wins(float("nan"), 0.1)
+    assert _calibration_wins(0.1, float("nan"))

@@ -4,6 +4,7 @@ the teacher, frozen and exported as QDQ INT8 ONNX, whose dev/test scores in ONNX
 fp32 student's in result.json."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def _save_state(trainable, folder: Path) -> None:
     tmp.replace(folder / STATE)
 
 
+def _calibration_wins(calibrated: float, trained: float | None) -> bool:
+    """True when the calibrated-only state scored strictly higher on dev than the best trained one (a NaN
+    score never wins; with no trained score the trained state is kept)."""
+    if trained is None or math.isnan(calibrated):
+        return False
+    return math.isnan(trained) or calibrated > trained
+
+
 def _onnx_scores(ctx: RunContext, path: Path) -> dict:
     """Dev and test scores of an ONNX model in ONNX Runtime (CPU), on the task kind's metric."""
     kind, sess, out = ctx.data.kind, onnx_export.session(path), {}
@@ -71,14 +80,20 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher, teacher_dir
     # 2b's training rows (augmented when 2b's were): QAT continues 2b's prediction-layer distillation
     train_set = cache_teacher_logits(ctx, objective, teacher, train_set_for(ctx, teacher_dir), q.train.mixed_precision)
     out_dir = stage.dir / name
+    _save_state(student, out_dir / "calibrated")  # a candidate too: short QAT runs can end below it on dev
     tracker = ctx.tracker(out_dir, f"qat-{name}")
     result = train(objective, ctx.loader("train", q.train.batch_size, True, train_set), q.train, out_dir,
                    save_model=_save_state, evaluate=lambda m: evaluate(m.student, dev, ctx.data, ctx.data.dev),
                    tracker=tracker, seed=cfg.seed, desc=f"qat {name}")
     check_dev_trend(ctx, out_dir, f"QAT {name}", q.train, "qat.train",
                     " (the fake-quantized student was still gaining when its schedule ended)")
+    kept = "calibrated" if _calibration_wins(calibrated["score"], result.best_score) else "trained"
+    if kept == "calibrated":
+        print(f"[qat] {name}: training never beat the calibrated state on dev ({result.best_score:.4f} < "
+              f"{calibrated['score']:.4f}); the calibrated state is kept")
     best = qat_pass.prepare(load_finetuned(source.model_dir))  # the kept (best-on-dev) state, ranges included
-    best.load_state_dict(torch.load(out_dir / "model" / STATE, map_location="cpu", weights_only=True))
+    state_dir = out_dir / ("calibrated" if kept == "calibrated" else "model")
+    best.load_state_dict(torch.load(state_dir / STATE, map_location="cpu", weights_only=True))
     best = best.cpu().eval()
     qat_pass.freeze(best)
     torch_dev = evaluate(best, dev, ctx.data, ctx.data.dev)
@@ -91,7 +106,8 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher, teacher_dir
     scores = _onnx_scores(ctx, folder / "model.onnx")
     tracker.summary({"qdq_dev": scores["dev"]["score"], "qdq_test": scores["test"]["score"]})
     tracker.finish()
-    entry = {"folder": str(folder), "steps": result.step, "seconds": round(time.perf_counter() - started, 1),
+    entry = {"folder": str(folder), "steps": result.step, "kept": kept,
+             "seconds": round(time.perf_counter() - started, 1),
              "fp32": {s: source.result[s] for s in ("dev", "test") if s in source.result},
              "calibrated_dev": calibrated, "fake_quant_dev": torch_dev,
              "qdq": scores, "qdq_nodes": qat_pass.qdq_counts(folder / "model.onnx"),
