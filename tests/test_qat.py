@@ -181,6 +181,8 @@ def test_stage_end_to_end_on_a_tiny_pipeline(tmp_path, tiny_teacher_dir, task_fo
     assert result["steps"] == 2 and result["qdq_nodes"]["per_channel"] > 0 and result["kept"] == winner
     assert 0 <= result["qdq"]["test"]["score"] <= 1 and "score" in result["fp32"]["test"]
     assert (stage / "student-task" / "calibrated" / qat_stage.STATE).is_file()
+    if winner == "calibrated":  # the exported state is the calibrated one: it scores what calibration alone scored
+        assert result["fake_quant_dev"]["score"] == pytest.approx(result["calibrated_dev"]["score"])
     mtime = (folder / "model.onnx").stat().st_mtime
     assert pipeline.run_qat(cfg) == 0  # finished: reused, not trained again
     assert (folder / "model.onnx").stat().st_mtime == mtime

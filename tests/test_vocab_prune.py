@@ -316,3 +316,28 @@ def test_report_vocab_section_shows_sizes_scores_and_the_warning(tmp_path):
     assert ("| student-task | 30,522 -> 14,100 | 14.29M -> 7.99M | 13.8 -> 7.7 MB | 2.67% | 0.8003 -> 0.7779 | "
             "2,335 / 3,250 |") in lines
     assert any(line.startswith("Warning: student-task: dev entity_f1 fell 1.85 points") for line in lines)
+
+
+def test_vocab_fingerprint_of_a_default_run_is_the_one_folders_were_finished_with():
+    """Keys added to the stage later must not turn finished student-vocab/ folders into conflicts: the
+    default settings are upstream, vocab and max_len only (the corpus and its inputs only with extra_tokens)."""
+    from types import SimpleNamespace
+
+    from distill.config import load_config
+
+    up = {"2b": "a", "prune": "b"}
+    cfg = load_config(None, ["vocab.enabled=true", "export.check_examples=300", "export.max_metric_drop=0.03"])
+    assert set(stage.settings(SimpleNamespace(cfg=cfg), up)) == {"upstream", "vocab", "max_len"}
+    cfg = load_config(None, ["vocab.enabled=true", "vocab.extra_tokens=10"])
+    assert {"corpus", "text_column", "inputs"} <= set(stage.settings(SimpleNamespace(cfg=cfg), up))
+
+
+def test_a_refused_vocab_format_sets_the_commands_exit_status(tmp_path):
+    import json
+
+    from distill.runner.pipeline import vocab_refusals
+
+    assert vocab_refusals(tmp_path / "missing.json") == {}
+    (tmp_path / "result.json").write_text(json.dumps({"models": {"student-task": {"export": {
+        "fp32": {"folder": "x"}, "int8-dynamic": {"refused": True, "reason": "check failed"}}}}}))
+    assert vocab_refusals(tmp_path / "result.json") == {"student-task-vocab-int8-dynamic": "check failed"}

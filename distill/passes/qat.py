@@ -137,9 +137,7 @@ def export_qdq(model: nn.Module, path: Path, example: dict[str, torch.Tensor],
         raise ValueError("export_qdq: the model has no QuantLinear layers; call prepare, calibrate and freeze")
     if not frozen(model):
         raise ValueError("export_qdq: observers still running (or fake quantization off); call freeze first")
-    was_training = model.training
-    onnx_export.export_fp32(model, Path(path), example, kind)
-    model.train(was_training)  # the exporter leaves its wrapper's (training) mode on the model
+    onnx_export.export_fp32(model, Path(path), example, kind)  # hands the model back in its own mode
     fold_weight_quantization(Path(path))
 
 

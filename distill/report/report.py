@@ -230,7 +230,10 @@ def qat_section(run_dir: Path, rows: list[dict]) -> list[str]:
         if post is None:
             cells[1] = _ptq_refused(run_dir, name) or "-"
         gap = f"{(qat - fp32) * 100:+.2f} points" if isinstance(fp32, (int, float)) else "-"
-        lines.append(f"| {name} | {' | '.join(cells)} | {gap} | {e.get('steps', '-')} |")
+        steps = e.get("steps", "-")
+        if e.get("kept") == "calibrated":  # training never beat calibration alone on dev: no QAT step exported
+            steps = f"0 (calibrated state kept; {steps} trained)"
+        lines.append(f"| {name} | {' | '.join(cells)} | {gap} | {steps} |")
     return lines + ["", "Test scores; both QDQ rows run in ONNX Runtime (CPU).", ""]
 
 
@@ -311,7 +314,8 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     versus = baseline_section(run_dir) + qat_section(run_dir, rows) + vocab_section(run_dir)
     if left_out:
         extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)
-                     + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json);"
+                     + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json;"
+                     " for -vocab rows in student-vocab/<model>-vocab.json);"
                      " the other formats were kept.")
     md = ["# Distillation report", "", f"Run: `{run_dir}`", "", "## Artifacts (measured side by side in one process)",
           "", *table, "", *extra, ""] + (["![pareto](pareto.png)", ""] if has_pareto else [])

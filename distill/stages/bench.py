@@ -296,7 +296,8 @@ class _Inputs:
     labels: list  # gold labels per batch
     singles: list[dict]  # up to 100 single test examples at their own lengths
     vocab_size: int  # synthetic timing inputs stay below it
-    examples: int
+    examples: int  # rows (QA: windows)
+    question_ids: list = field(default_factory=list)  # QA: the question of every row
 
 
 class TestInputs:
@@ -312,21 +313,28 @@ class TestInputs:
 
             ctx = self.ctx
             if folder is None:
-                tokenizer, test = ctx.tokenizer, ctx.tokenized["test"]
+                tokenizer, rows = ctx.tokenizer, ctx.tokenized["test"]
                 if self.limit:
-                    test = test.select(range(min(self.limit, len(test))))
-                loader = ctx.loader("test", 32, dataset=test)
-            else:
+                    rows = rows.select(range(min(self.limit, len(rows))))
+                loader = ctx.loader("test", 32, dataset=rows)
+            else:  # the same test examples as the run's rows: for QA the questions of its capped windows
                 tokenizer = AutoTokenizer.from_pretrained(folder)
-                loader = ctx.own_loader(tokenizer, "test", 32, self.limit)
+                rows = ctx.data.kind.tokenize(ctx.data.test, tokenizer, ctx.cfg.task.max_len, "test")
+                if self.limit and "question_id" in rows.column_names:
+                    wanted = set(self(None).question_ids)
+                    rows = rows.filter(lambda r: r["question_id"] in wanted)
+                elif self.limit:
+                    rows = rows.select(range(min(self.limit, len(rows))))
+                loader = ctx.loader("test", 32, dataset=rows, collator=ctx.data.kind.collator(tokenizer))
             batches, labels = [], []
             for batch in loader:
                 batches.append({k: v.numpy().astype(np.int64) for k, v in to_model_inputs(batch).items()})
                 labels.append(ctx.data.kind.gold(batch))
             singles = [{k: v[i:i + 1] for k, v in b.items()}
                        for b in batches for i in range(0, len(b["input_ids"]), 7)][:100]
+            ids = list(rows["question_id"]) if "question_id" in rows.column_names else []
             self.made[folder] = _Inputs(batches, labels, singles, len(tokenizer),
-                                        sum(len(b["input_ids"]) for b in batches))
+                                        sum(len(b["input_ids"]) for b in batches), ids)
         return self.made[folder]
 
 
@@ -394,12 +402,14 @@ def work(ctx, stage, inputs: dict[str, Output], threads: int = 0) -> dict:
             artifacts.append((name, path, variant, sources[name], None))
     artifacts += gpu_artifacts(sources, available)
     own = {}  # artifact name -> the folder whose tokenizer its inputs need (vocabulary-pruned students)
+    extra: list[tuple] = []  # the opt-in stages' students: QAT QDQ, vocabulary-pruned
     if cfg.qat.enabled:
-        artifacts += qat_artifacts(inputs["qat"], sources)
+        extra += qat_artifacts(inputs["qat"], sources)
     if cfg.vocab.enabled:
         found, own, refused_vocab = vocab_artifacts(inputs["vocab"])
-        artifacts += found
+        extra += found
         left_out += refused_vocab
+    artifacts += [a for a in extra if a[2] not in cfg.bench.skip_formats]
     inputs_for = TestInputs(ctx, cfg.bench.test_examples)
     rows = []
     print(f"[bench] {len(artifacts)} artifacts, {inputs_for(None).examples} test examples, {threads} threads")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
+from distill.base.ranks import is_main_process, wait_for_everyone
 from distill.engine.batching import to_model_inputs
 from distill.engine.evaluation import evaluate
 from distill.engine.trainer import train
@@ -80,13 +81,19 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher, teacher_dir
     # 2b's training rows (augmented when 2b's were): QAT continues 2b's prediction-layer distillation
     train_set = cache_teacher_logits(ctx, objective, teacher, train_set_for(ctx, teacher_dir), q.train.mixed_precision)
     out_dir = stage.dir / name
-    _save_state(student, out_dir / "calibrated")  # a candidate too: short QAT runs can end below it on dev
+    if is_main_process():  # one writer; a candidate too: short QAT runs can end below it on dev
+        _save_state(student, out_dir / "calibrated")
+    wait_for_everyone()
     tracker = ctx.tracker(out_dir, f"qat-{name}")
     result = train(objective, ctx.loader("train", q.train.batch_size, True, train_set), q.train, out_dir,
                    save_model=_save_state, evaluate=lambda m: evaluate(m.student, dev, ctx.data, ctx.data.dev),
                    tracker=tracker, seed=cfg.seed, desc=f"qat {name}")
     check_dev_trend(ctx, out_dir, f"QAT {name}", q.train, "qat.train",
                     " (the fake-quantized student was still gaining when its schedule ended)")
+    if not is_main_process():  # the frozen model is exported and scored once, by the main process
+        tracker.finish()
+        wait_for_everyone()
+        return {}
     kept = "calibrated" if _calibration_wins(calibrated["score"], result.best_score) else "trained"
     if kept == "calibrated":
         print(f"[qat] {name}: training never beat the calibrated state on dev ({result.best_score:.4f} < "
@@ -112,6 +119,7 @@ def _one(ctx: RunContext, stage, name: str, source: Output, teacher, teacher_dir
              "calibrated_dev": calibrated, "fake_quant_dev": torch_dev,
              "qdq": scores, "qdq_nodes": qat_pass.qdq_counts(folder / "model.onnx"),
              "size_mb": (folder / "model.onnx").stat().st_size / 2**20}
+    wait_for_everyone()
     fp32 = entry["fp32"].get("test", {}).get("score")
     print(f"[qat] {name} QDQ INT8 (ONNX Runtime): dev {scores['dev']['score']:.4f}, test "
           f"{scores['test']['score']:.4f}" + (f" (fp32 student test {fp32:.4f})" if fp32 is not None else ""))

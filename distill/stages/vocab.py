@@ -13,6 +13,7 @@ import torch
 
 import students  # noqa: F401  (registers PrunedBert with the Auto classes)
 from distill.base.errors import UserError
+from distill.fingerprint import input_digests
 from distill.engine.batching import to_model_inputs
 from distill.engine.evaluation import evaluate
 from distill.passes import onnx as onnx_export
@@ -32,11 +33,14 @@ def _reads(cfg) -> tuple[str, ...]:
 
 
 def settings(ctx: RunContext, upstream: dict[str, str]) -> dict:
-    e = ctx.cfg.export
-    out = {"upstream": [upstream[n] for n in _reads(ctx.cfg)], "vocab": ctx.cfg.vocab,
-           "max_len": ctx.cfg.task.max_len, "export_check": [e.check_examples, e.max_metric_drop]}
-    if ctx.cfg.vocab.extra_tokens:
-        out["corpus"] = ctx.cfg.general.corpus
+    cfg = ctx.cfg
+    out = {"upstream": [upstream[n] for n in _reads(cfg)], "vocab": cfg.vocab, "max_len": cfg.task.max_len}
+    # not export.check_examples / max_metric_drop: the ONNX files came later, and folders finished before
+    # them stay reusable (their bench rows are PyTorch only); a new check setting re-checks nothing here
+    if cfg.vocab.extra_tokens:
+        out["corpus"] = cfg.general.corpus
+        out["text_column"] = cfg.general.text_column
+        out["inputs"] = input_digests(cfg, "general.corpus")
     return out
 
 
@@ -176,14 +180,9 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
     old_scores = {s: source.result[s] for s in ("dev", "test") if s in source.result} or _scores(ctx, before, tok)
     example = {k: v[:1] for k, v in to_model_inputs(next(iter(ctx.loader("dev", 4)))).items()}
     exported = export_checked(ctx, stage.dir, name, folder, new_tok)
-    with quiet_library_output(log=stage.dir / "library-warnings.log"):
+    with quiet_library_output(log=stage.dir / "library-warnings.log"):  # both sized the same way (scratch exports)
         size_before = _sizes(before, source.model_dir, example, kind)
-        if all("size_mb" in exported[f] for f in EXPORT_FORMATS):  # both kept: their files are the sizes
-            size_after = {"safetensors_mb": (folder / "model.safetensors").stat().st_size / 2**20,
-                          "onnx_fp32_mb": exported["fp32"]["size_mb"],
-                          "onnx_int8_dynamic_mb": exported["int8-dynamic"]["size_mb"]}
-        else:  # a refused format has no file: size a scratch export instead
-            size_after = _sizes(after, folder, {**example, "input_ids": lookup[example["input_ids"]]}, kind)
+        size_after = _sizes(after, folder, {**example, "input_ids": lookup[example["input_ids"]]}, kind)
     params = {"before": sum(p.numel() for p in before.parameters()),
               "after": sum(p.numel() for p in after.parameters()),
               "embeddings_before": vocab_pass.embedding_params(before),
