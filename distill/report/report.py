@@ -257,7 +257,7 @@ def vocab_section(run_dir: Path) -> list[str]:
                 if e.get("warning")]
     splits = "+".join(next(iter(models.values())).get("splits", ["train"]))
     return lines + ["", f"Kept: the tokens of the task's {splits} texts and the special tokens (plus "
-                    "vocab.extra_tokens general-corpus tokens when set). 'dev rows identical': dev examples whose "
+                    "vocab.extra_tokens general-corpus tokens when set). 'dev rows identical': dev rows (QA: windows) whose "
                     "tokens were all kept, on which the pruned model's logits matched the unpruned one's.", "",
                     *[line for w in warnings for line in (w, "")]]
 
