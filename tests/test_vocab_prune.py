@@ -341,3 +341,32 @@ def test_a_refused_vocab_format_sets_the_commands_exit_status(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps({"models": {"student-task": {"export": {
         "fp32": {"folder": "x"}, "int8-dynamic": {"refused": True, "reason": "check failed"}}}}}))
     assert vocab_refusals(tmp_path / "result.json") == {"student-task-vocab-int8-dynamic": "check failed"}
+
+
+def test_a_capped_bench_feeds_a_vocab_student_the_same_questions_as_the_others(tmp_path, tiny_encoder_dir,
+                                                                              monkeypatch):
+    """bench.test_examples caps rows, and a QA row is a window: a pruned tokenizer that re-splits words makes
+    other windows, so its rows must be the windows of the same questions, not its own first N windows.
+    Here every context needs twice the windows with the pruned tokenizer (each window doubled)."""
+    from distill.stages.bench import TestInputs
+    from distill.stages.context import RunContext
+    from tests.qa_data import squad_folder
+    from tests.test_qa_pipeline import _cfg
+
+    ctx = RunContext(_cfg(tmp_path, tiny_encoder_dir, squad_folder(tmp_path / "squad")))
+    vmap = V.build_map(ctx.tokenizer, stage.used_ids(ctx.tokenized, ["train"]))
+    folder = tmp_path / "pruned-tokenizer"
+    V.prune_tokenizer(ctx.tokenizer, vmap).save_pretrained(folder)
+    kind_class = type(ctx.data.kind)
+    tokenize = kind_class.tokenize
+
+    def longer(self, examples, tokenizer, max_len, split):
+        rows = tokenize(self, examples, tokenizer, max_len, split)
+        return rows if tokenizer is ctx.tokenizer else rows.select([i for i in range(len(rows)) for _ in (0, 1)])
+
+    monkeypatch.setattr(kind_class, "tokenize", longer)
+    inputs = TestInputs(ctx, limit=5)
+    run, own = inputs(None), inputs(folder)
+    assert run.examples == 5 and own.vocab_size == len(vmap.kept) < run.vocab_size
+    assert set(own.question_ids) == set(run.question_ids) and own.examples > run.examples
+    assert set(TestInputs(ctx)(folder).question_ids) > set(run.question_ids)  # the cap did cut something
