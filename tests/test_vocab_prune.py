@@ -255,6 +255,8 @@ def test_bench_and_report_show_the_vocab_and_qat_students_run_on_their_own_input
         folder = run / "student-vocab" / f"student-task-vocab-{variant}"
         assert vocab["export"][variant]["check"]["ok"] and (folder / "model.onnx").is_file(), variant
         assert len(AutoTokenizer.from_pretrained(folder)) == vocab["vocab_after"]  # its own tokenizer beside it
+    checks = json.loads((run / "student-vocab" / "check.json").read_text())
+    assert set(checks) == {"student-task-vocab-fp32", "student-task-vocab-int8-dynamic"}
     rows = {(r["name"], r["runtime"]): r for r in json.loads((run / "bench.json").read_text())}
     assert ("student-task-vocab", "onnxruntime-int8-dynamic") in rows
     assert ("student-task-vocab", "onnxruntime-fp32") in rows
@@ -333,14 +335,14 @@ def test_vocab_fingerprint_of_a_default_run_is_the_one_folders_were_finished_wit
 
 
 def test_a_refused_vocab_format_sets_the_commands_exit_status(tmp_path):
-    import json
+    """The vocab stage writes student-vocab/check.json like export/check.json, so refused_formats (what the
+    command's exit status reads) sees its refusals."""
+    from distill.passes.export import refused_formats, write_checks
 
-    from distill.runner.pipeline import vocab_refusals
-
-    assert vocab_refusals(tmp_path / "missing.json") == {}
-    (tmp_path / "result.json").write_text(json.dumps({"models": {"student-task": {"export": {
-        "fp32": {"folder": "x"}, "int8-dynamic": {"refused": True, "reason": "check failed"}}}}}))
-    assert vocab_refusals(tmp_path / "result.json") == {"student-task-vocab-int8-dynamic": "check failed"}
+    assert refused_formats(tmp_path) == {}
+    write_checks(tmp_path, {"student-task-vocab": {"fp32": {"folder": "x"},
+                                                   "int8-dynamic": {"refused": True, "reason": "check failed"}}})
+    assert refused_formats(tmp_path) == {"student-task-vocab-int8-dynamic": "check failed"}
 
 
 def test_a_capped_bench_feeds_a_vocab_student_the_same_questions_as_the_others(tmp_path, tiny_encoder_dir,

@@ -315,7 +315,7 @@ def write_report(run_dir: Path, rows: list[dict], config_yaml: str, extra: list[
     if left_out:
         extra.append("Left out: " + "; ".join(f"{r['name']} {r['runtime']} ({r['status']})" for r in left_out)
                      + ". A refused format failed its check against PyTorch on the dev set (figures in export/check.json;"
-                     " for -vocab rows in student-vocab/<model>-vocab.json);"
+                     " for -vocab rows in student-vocab/check.json);"
                      " the other formats were kept.")
     md = ["# Distillation report", "", f"Run: `{run_dir}`", "", "## Artifacts (measured side by side in one process)",
           "", *table, "", *extra, ""] + (["![pareto](pareto.png)", ""] if has_pareto else [])

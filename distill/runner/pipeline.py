@@ -3,7 +3,6 @@ it can before any weight loads (preflight, data summary), then runs the plan."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import time
 
 from distill.base.fsutil import write_text_atomic
@@ -174,21 +173,11 @@ def run_distill(cfg: ExperimentConfig) -> int:
     return refusal_status(ctx, "distill")
 
 
-def vocab_refusals(result_file: Path) -> dict[str, str]:
-    """``{"<model>-vocab-<format>": reason}`` for every ONNX format the vocab stage's check refused."""
-    try:
-        models = json.loads(Path(result_file).read_text()).get("models", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {f"{name}-vocab-{variant}": entry.get("reason", "")
-            for name, e in models.items() for variant, entry in e.get("export", {}).items() if entry.get("refused")}
-
-
 def refusal_status(ctx: RunContext, command: str) -> int:
     """The last line and exit status of a command that exported: 0, or REFUSED_EXIT naming what was left out."""
     refused = refused_formats(ctx.run_dir / "export") if ctx.cfg.export.enabled else {}
-    if ctx.cfg.vocab.enabled:  # the vocabulary-pruned students' own ONNX formats (student-vocab/result.json)
-        refused.update(vocab_refusals(ctx.run_dir / "student-vocab" / "result.json"))
+    if ctx.cfg.vocab.enabled:  # the vocabulary-pruned students' own ONNX formats (student-vocab/check.json)
+        refused.update(refused_formats(ctx.run_dir / "student-vocab"))
     if not refused:
         return 0
     print(f"[{command}] finished, but {len(refused)} format(s) refused and left out: "

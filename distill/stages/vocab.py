@@ -19,7 +19,7 @@ from distill.engine.evaluation import evaluate
 from distill.passes import onnx as onnx_export
 from distill.passes import vocab as vocab_pass
 from distill.passes.quiet import quiet_library_output
-from distill.passes.export import export_model
+from distill.passes.export import export_model, write_checks
 from distill.stages.common import batches_and_labels, load_finetuned
 from distill.stages.context import RunContext, save_hf_folder
 from distill.stages.spec import Output, Stage
@@ -210,7 +210,10 @@ def _one(ctx: RunContext, stage, name: str, source: Output) -> dict:
 
 
 def work(ctx: RunContext, stage, inputs: dict[str, Output]) -> dict:
-    return {"models": {name: _one(ctx, stage, name, inputs[SOURCES[name]]) for name in ctx.cfg.vocab.models}}
+    models = {name: _one(ctx, stage, name, inputs[SOURCES[name]]) for name in ctx.cfg.vocab.models}
+    # student-vocab/check.json, as export/check.json: what refused_formats (the exit status) reads
+    write_checks(stage.dir, {f"{name}-vocab": e["export"] for name, e in models.items()})
+    return {"models": models}
 
 
 def _describe(out: Output) -> str:
